@@ -1,0 +1,293 @@
+"""Steered generation (batched, left-padded, KV-cached) and teacher-forced log-probs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from tqdm.auto import tqdm
+
+from steerinterp.errors import SteerInterpError
+from steerinterp.positions import TokenContext
+from steerinterp.rollout import choose_engine
+from steerinterp.sampling import check_sampling_args, next_tokens
+from steerinterp.steering import SteeringSet, SteeringVector
+from steerinterp.types import HookedModel
+
+
+@dataclass
+class GenerationOutput:
+    """Prompts and completions of one ``generate`` call.
+
+    ``tokens`` is [batch, prompt_len + new] with prompts left-padded to a common length and
+    completions right-padded after the end-of-sequence token. The masks mark real prompt tokens,
+    generated tokens (EOS included, padding excluded) and all real tokens.
+    """
+
+    tokens: Int[torch.Tensor, "batch seq"]
+    attention_mask: Int[torch.Tensor, "batch seq"]
+    prompt_mask: Bool[torch.Tensor, "batch seq"]
+    completion_mask: Bool[torch.Tensor, "batch seq"]
+    texts: list[str]
+    prompts: list[str]
+    prompt_length: int
+    finished: Bool[torch.Tensor, "batch"]
+    engine: str
+
+    @property
+    def completion_lengths(self) -> Int[torch.Tensor, "batch"]:
+        return self.completion_mask.sum(-1)
+
+    @property
+    def completion_tokens(self) -> list[list[int]]:
+        return [row[m].tolist() for row, m in zip(self.tokens, self.completion_mask)]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "prompt": self.prompts,
+                "completion": self.texts,
+                "n_tokens": self.completion_lengths.tolist(),
+                "finished": self.finished.tolist(),
+            }
+        )
+
+    def _repr_html_(self) -> str:
+        return self.to_frame()._repr_html_()
+
+
+def encode_prompts(model: HookedModel, prompts: str | Sequence[str] | Sequence[Sequence[int]]):
+    """Token ids of each prompt, as written (no BOS added: chat templates carry their own)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise SteerInterpError("no prompts given")
+    if all(isinstance(p, str) for p in prompts):
+        ids = model.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        texts = prompts
+    elif all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompts):
+        ids = [list(map(int, p)) for p in prompts]
+        texts = [model.tokenizer.decode(p) for p in ids]
+    else:
+        raise SteerInterpError("prompts must be all strings or all token-id lists")
+    if any(len(i) == 0 for i in ids):
+        raise SteerInterpError("an empty prompt has no position to predict from; give at least one token")
+    return ids, texts
+
+
+def left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(i) for i in ids)
+    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, row in enumerate(ids):
+        tokens[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[r, width - len(row) :] = 1
+    return tokens.to(device), mask.to(device)
+
+
+def _as_set(steering) -> SteeringSet | None:
+    if steering is None or isinstance(steering, SteeringSet):
+        return steering
+    if isinstance(steering, SteeringVector):
+        return SteeringSet([steering])
+    raise SteerInterpError(f"steering must be a SteeringSet or SteeringVector, got {type(steering).__name__}")
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(
+    model: HookedModel,
+    prompts: str | Sequence[str] | Sequence[Sequence[int]],
+    steering: SteeringSet | SteeringVector | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    engine: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> GenerationOutput:
+    """Sample completions with steering applied at every position (prompt and generated tokens).
+
+    Args:
+        prompts: strings (tokenised as written, no BOS added; see ``chat_prompts``) or token-id lists.
+        steering: vectors to add; their position selectors decide prompt / generated tokens.
+        temperature: 0 means greedy; the papers sample at 1.
+        seed: seeds a private generator (the global RNG is untouched); None uses the global RNG.
+        engine: ``auto`` (the fast HF mirror when it applies, else the HookedTransformer),
+            ``hooked``, ``hf`` or ``bridge``. All run the same sampler on the same logits.
+        batch_size: split the prompts into chunks of this size (memory); None = all at once.
+    """
+    check_sampling_args(temperature, top_p)
+    if max_new_tokens < 1:
+        raise SteerInterpError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    vecs = _as_set(steering)
+    if vecs is not None:
+        vecs.validate(model)
+    ids, texts = encode_prompts(model, prompts)
+    n_ctx = model.cfg.n_ctx
+    if max(len(i) for i in ids) + max_new_tokens > n_ctx:
+        raise SteerInterpError(
+            f"longest prompt ({max(len(i) for i in ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context of {n_ctx}; shorten it or load the model with a larger n_ctx"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    chosen = choose_engine(model, engine, vecs)
+    step = batch_size or len(ids)
+    chunks = [
+        _generate_batch(model, chosen, ids[i : i + step], vecs, max_new_tokens, temperature, top_p, generator,
+                        stop_at_eos, progress)
+        for i in range(0, len(ids), step)
+    ]
+    return _concat(chunks, texts, model, chosen.name)
+
+
+def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p, generator, stop_at_eos, progress):
+    device = _device(model)
+    tok = model.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    prompt, pmask = left_pad(ids, pad, device)
+    batch = prompt.shape[0]
+    ctx = TokenContext.from_masks(pmask, pmask.bool())
+    lengths = pmask.sum(-1)  # tokens so far per row (unpadded)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    new_tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
+    new_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
+    full_mask = pmask
+    engine.start(batch)
+    with engine.steering(vecs, ctx):
+        logits = engine.forward(prompt, pmask, full_mask)
+        for t in tqdm(range(max_new_tokens), disable=not progress, desc="generate", leave=False):
+            nxt = next_tokens(logits, temperature, top_p, generator)
+            alive = ~finished
+            nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
+            new_tokens[:, t] = nxt
+            new_mask[:, t] = alive.long()
+            if stop_at_eos and eos is not None:
+                finished = finished | (alive & (nxt == eos))
+            if t == max_new_tokens - 1 or bool(finished.all()):
+                break
+            step_mask = alive.long()[:, None]
+            full_mask = torch.cat([full_mask, step_mask], dim=1)
+            ctx.is_prompt = torch.zeros((batch, 1), dtype=torch.bool, device=device)
+            ctx.index = torch.where(alive, lengths, torch.full_like(lengths, -1))[:, None]
+            ctx.valid = alive[:, None]
+            lengths = lengths + alive.long()
+            logits = engine.forward(nxt[:, None], step_mask, full_mask)
+    used = int(new_mask.sum(0).nonzero().max().item()) + 1 if new_mask.any() else 1
+    return prompt, pmask, new_tokens[:, :used], new_mask[:, :used], finished
+
+
+def _concat(chunks, texts, model, engine_name) -> GenerationOutput:
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    plen = max(c[0].shape[1] for c in chunks)
+    nlen = max(c[2].shape[1] for c in chunks)
+    rows_t, rows_m, rows_p, rows_c, fin = [], [], [], [], []
+    for prompt, pmask, new, nmask, finished in chunks:
+        b, device = prompt.shape[0], prompt.device
+        lp = plen - prompt.shape[1]
+        rn = nlen - new.shape[1]
+        t = torch.cat([torch.full((b, lp), pad, device=device), prompt, new, torch.full((b, rn), pad, device=device)], 1)
+        zl = torch.zeros((b, lp), dtype=torch.long, device=device)
+        zr = torch.zeros((b, rn), dtype=torch.long, device=device)
+        rows_t.append(t)
+        rows_p.append(torch.cat([zl, pmask, torch.zeros_like(nmask), zr], 1).bool())
+        rows_c.append(torch.cat([zl, torch.zeros_like(pmask), nmask, zr], 1).bool())
+        rows_m.append(torch.cat([zl, pmask, nmask, zr], 1))
+        fin.append(finished)
+    tokens = torch.cat(rows_t)
+    completion_mask = torch.cat(rows_c)
+    eos = model.tokenizer.eos_token_id
+    out_texts = []
+    for row, m in zip(tokens, completion_mask):
+        ids = row[m].tolist()
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]
+        out_texts.append(model.tokenizer.decode(ids))
+    return GenerationOutput(
+        tokens=tokens,
+        attention_mask=torch.cat(rows_m),
+        prompt_mask=torch.cat(rows_p),
+        completion_mask=completion_mask,
+        texts=out_texts,
+        prompts=list(texts),
+        prompt_length=plen,
+        finished=torch.cat(fin),
+        engine=engine_name,
+    )
+
+
+@contextlib.contextmanager
+def frozen_weights(model):
+    """Temporarily stop gradients to the model's own parameters (restored on exit)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def teacher_forced_logprobs(
+    model: HookedModel,
+    tokens: Int[torch.Tensor, "batch seq"],
+    completion_mask: Bool[torch.Tensor, "batch seq"],
+    steering: SteeringSet | SteeringVector | None = None,
+    *,
+    attention_mask: Int[torch.Tensor, "batch seq"] | None = None,
+    prompt_mask: Bool[torch.Tensor, "batch seq"] | None = None,
+    temperature: float = 1.0,
+    train_weights: bool = False,
+) -> Float[torch.Tensor, "batch seq"]:
+    """Log-probabilities of the completion tokens under the (steered) model.
+
+    Entry ``[b, t]`` is ``log p(tokens[b, t] | tokens[b, :t])`` where ``completion_mask[b, t]``, else 0.
+    Gradients flow to the steering tensors only (the model's weights are frozen for the pass)
+    unless ``train_weights=True``. Pass a ``GenerationOutput``'s masks for left-padded batches;
+    ``prompt_mask`` defaults to the real tokens before the first completion token.
+    """
+    vecs = _as_set(steering)
+    if tokens.shape != completion_mask.shape:
+        raise SteerInterpError(f"tokens {tuple(tokens.shape)} and completion_mask {tuple(completion_mask.shape)} differ")
+    if completion_mask[:, 0].any():
+        raise SteerInterpError("the first token cannot be a completion token: nothing precedes it")
+    if temperature <= 0:
+        raise SteerInterpError("teacher-forced log-probs need temperature > 0")
+    tokens = tokens.clone()  # tokens made under inference_mode cannot be saved for backward
+    completion_mask = completion_mask.bool()
+    if attention_mask is None:
+        attention_mask = torch.ones_like(tokens)
+    if prompt_mask is None:
+        started = completion_mask.long().cumsum(-1) > 0
+        prompt_mask = attention_mask.bool() & ~started
+    grad_ctx = contextlib.nullcontext() if train_weights else frozen_weights(model)
+    steer_ctx = (
+        vecs.applied(model, prompt_mask=prompt_mask, attention_mask=attention_mask)
+        if vecs is not None and len(vecs)
+        else contextlib.nullcontext()
+    )
+    with grad_ctx, steer_ctx:
+        logits = model(tokens, attention_mask=attention_mask)
+    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    picked = logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    out = torch.zeros(tokens.shape, dtype=picked.dtype, device=picked.device)
+    out[:, 1:] = picked
+    return out * completion_mask

@@ -1,0 +1,347 @@
+"""Steering vectors as additions at TransformerLens ``HookPoint`` s.
+
+A ``SteeringVector`` is one d_model tensor added at one hook (default ``blocks.{l}.hook_resid_post``,
+i.e. after block l, as in the papers), times a scale, at the positions its ``Positions`` selects.
+A ``SteeringSet`` holds several (typically one per layer). Hooks are added only through
+``applied()`` (a context manager) or ``attach()`` (a handle with ``remove()``), so an exception never
+leaves a hook on a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+from jaxtyping import Float
+from torch import nn
+
+from steerinterp.errors import SteerInterpError
+from steerinterp.positions import Positions, TokenContext
+from steerinterp.types import HookedModel
+
+DEFAULT_HOOK = "blocks.{layer}.hook_resid_post"
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def layer_of(hook_name: str) -> int | None:
+    """Block index of a hook name (``blocks.12.hook_resid_post`` -> 12), None outside blocks."""
+    m = _LAYER_RE.match(hook_name)
+    return int(m.group(1)) if m else None
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t.detach()).all():
+        raise SteerInterpError(f"steering vector {name} contains NaN or inf values; refusing to use it")
+
+
+@dataclass(eq=False)
+class SteeringVector:
+    """One vector added at one hook point: ``act + scale * vector`` at the selected positions."""
+
+    vector: Float[torch.Tensor, "d_model"]
+    hook_name: str
+    scale: float = 1.0
+    positions: Positions = field(default_factory=Positions.all)
+
+    def __post_init__(self):
+        if not isinstance(self.vector, torch.Tensor) or self.vector.dim() != 1:
+            raise SteerInterpError(f"a steering vector for {self.hook_name} must be a 1-D tensor of size d_model")
+        if not self.vector.is_floating_point():
+            raise SteerInterpError(f"steering vector for {self.hook_name} must be floating point")
+        check_finite(self.hook_name, self.vector)
+        self.positions = Positions.parse(self.positions)
+
+    @property
+    def layer(self) -> int | None:
+        return layer_of(self.hook_name)
+
+    @property
+    def trainable(self) -> bool:
+        return isinstance(self.vector, nn.Parameter) and self.vector.requires_grad
+
+    def delta(self, like: torch.Tensor) -> torch.Tensor:
+        """``scale * vector`` in the dtype and device of an activation."""
+        return (self.vector * self.scale).to(device=like.device, dtype=like.dtype)
+
+    def make_hook(self, ctx: TokenContext | None = None):
+        """A TransformerLens hook function ``fn(act, hook)`` that adds this vector."""
+
+        def steer(act: torch.Tensor, hook) -> torch.Tensor:
+            if act.shape[-1] != self.vector.shape[0]:
+                raise SteerInterpError(
+                    f"{hook.name} has width {act.shape[-1]} but the steering vector has {self.vector.shape[0]}; "
+                    "steer a d_model hook such as blocks.L.hook_resid_post"
+                )
+            delta = self.delta(act)
+            if act.dim() < 3:
+                return act + delta
+            sel = self.positions.select(ctx, act.shape[0], act.shape[1], act.device)
+            if sel is None:
+                return act + delta
+            sel = sel.to(act.dtype).reshape(sel.shape + (1,) * (act.dim() - 2))
+            return act + sel * delta
+
+        steer.__name__ = f"steer[{self.hook_name}]"
+        return steer
+
+
+class HookHandle:
+    """Hooks added by ``attach()``; ``remove()`` takes them off (idempotent)."""
+
+    def __init__(self, model: HookedModel, pairs: list[tuple[str, object]]):
+        self._model = model
+        self._pairs = pairs
+
+    def remove(self) -> None:
+        for name, fn in self._pairs:
+            hp = self._model.hook_dict[name]
+            for handle in list(hp.fwd_hooks):
+                if getattr(handle, "user_hook", None) is fn:
+                    handle.hook.remove()
+                    hp.fwd_hooks.remove(handle)
+        self._pairs = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._pairs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def add_hooks(model: HookedModel, hooks: Iterable[tuple[str, object]], permanent: bool = False) -> HookHandle:
+    """Add ``(hook_name, fn)`` pairs to a model's HookPoints and return a handle that removes them."""
+    pairs = list(hooks)
+    missing = [n for n, _ in pairs if n not in model.hook_dict]
+    if missing:
+        raise SteerInterpError(
+            f"the model has no hook point {missing[0]!r} (it has {model.cfg.n_layers} layers); "
+            "check the layer index or hook name"
+        )
+    handle = HookHandle(model, [])
+    try:
+        for name, fn in pairs:
+            model.hook_dict[name].add_hook(fn, dir="fwd", is_permanent=permanent)
+            handle._pairs.append((name, fn))
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+class SteeringSet:
+    """Several steering vectors applied together (e.g. one per layer)."""
+
+    def __init__(self, vectors: Iterable[SteeringVector] = (), *, info: Mapping | None = None):
+        self.vectors: list[SteeringVector] = list(vectors)
+        names = [v.hook_name for v in self.vectors]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise SteerInterpError(f"two vectors at the same hook {dup!r}; add them into one vector")
+        self.info: dict = dict(info or {})
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def zeros(
+        cls,
+        model: HookedModel,
+        layers: str | int | Iterable[int] = "all",
+        *,
+        hook: str = DEFAULT_HOOK,
+        trainable: bool = True,
+        positions: Positions | str | None = None,
+        scale: float = 1.0,
+    ) -> SteeringSet:
+        """Zero-initialised vectors (the papers' initialisation), trainable ``nn.Parameter`` s by default."""
+        device = _model_device(model)
+        vecs = []
+        for layer in resolve_layers(model, layers):
+            t = torch.zeros(model.cfg.d_model, device=device, dtype=torch.float32)
+            v = nn.Parameter(t, requires_grad=True) if trainable else t
+            vecs.append(SteeringVector(v, hook.format(layer=layer), scale, Positions.parse(positions)))
+        out = cls(vecs)
+        out.validate(model)
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls,
+        model: HookedModel,
+        tensors: Mapping[int, torch.Tensor],
+        *,
+        hook: str = DEFAULT_HOOK,
+        trainable: bool = False,
+        positions: Positions | str | None = None,
+        scale: float = 1.0,
+    ) -> SteeringSet:
+        """Vectors from ``{layer: tensor}`` (fixed by default; copies, so the caller's tensors stay put)."""
+        device = _model_device(model)
+        resolve_layers(model, list(tensors))
+        vecs = []
+        for layer, t in sorted(tensors.items()):
+            t = torch.as_tensor(t).detach().to(device=device, dtype=torch.float32).clone()
+            v = nn.Parameter(t, requires_grad=True) if trainable else t
+            vecs.append(SteeringVector(v, hook.format(layer=layer), scale, Positions.parse(positions)))
+        out = cls(vecs)
+        out.validate(model)
+        return out
+
+    # ---- views ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __iter__(self) -> Iterator[SteeringVector]:
+        return iter(self.vectors)
+
+    def __getitem__(self, layer: int) -> SteeringVector:
+        for v in self.vectors:
+            if v.layer == layer:
+                return v
+        raise KeyError(f"no steering vector at layer {layer} (layers: {self.layers})")
+
+    def __repr__(self) -> str:
+        norms = ", ".join(f"{v.hook_name}: |s|={v.vector.detach().norm():.3g}" for v in self.vectors[:4])
+        more = f", ... ({len(self)} vectors)" if len(self) > 4 else ""
+        return f"SteeringSet({norms}{more})"
+
+    @property
+    def layers(self) -> list[int]:
+        return [v.layer for v in self.vectors]
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [v.hook_name for v in self.vectors]
+
+    @property
+    def tensors(self) -> dict[int, torch.Tensor]:
+        """``{layer: vector}`` (the live tensors, not copies)."""
+        out = {}
+        for v in self.vectors:
+            if v.layer is None or v.layer in out:
+                raise SteerInterpError("tensors needs one vector per block; use .vectors for other hooks")
+            out[v.layer] = v.vector
+        return out
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable vectors (to hand to an optimizer)."""
+        return [v.vector for v in self.vectors if v.trainable]
+
+    # ---- transformations (new sets; tensors shared unless cloned) --------------------------------
+    def scaled(self, factor: float) -> SteeringSet:
+        return SteeringSet([replace(v, scale=v.scale * factor) for v in self.vectors], info=self.info)
+
+    def with_positions(self, positions: Positions | str | slice | torch.Tensor) -> SteeringSet:
+        p = Positions.parse(positions)
+        return SteeringSet([replace(v, positions=p) for v in self.vectors], info=self.info)
+
+    def subset(self, layers: Iterable[int]) -> SteeringSet:
+        keep = set(layers)
+        return SteeringSet([v for v in self.vectors if v.layer in keep], info=self.info)
+
+    def detached(self) -> SteeringSet:
+        """Fixed copies of the vectors (no grad), e.g. for evaluation after training."""
+        return SteeringSet([replace(v, vector=v.vector.detach().clone()) for v in self.vectors], info=self.info)
+
+    def to(self, device) -> SteeringSet:
+        return SteeringSet([replace(v, vector=_move(v.vector, device)) for v in self.vectors], info=self.info)
+
+    # ---- applying ------------------------------------------------------------------------------------
+    def validate(self, model: HookedModel) -> None:
+        """Raise a clear error if a hook is missing or a vector has the wrong width."""
+        for v in self.vectors:
+            if v.hook_name not in model.hook_dict:
+                raise SteerInterpError(
+                    f"the model has no hook point {v.hook_name!r} (it has {model.cfg.n_layers} layers)"
+                )
+            if v.vector.shape[0] != model.cfg.d_model:
+                raise SteerInterpError(
+                    f"vector at {v.hook_name} has size {v.vector.shape[0]} but the model's d_model is "
+                    f"{model.cfg.d_model}; vectors only fit models of the same width"
+                )
+            check_finite(v.hook_name, v.vector)
+
+    def fwd_hooks(self, ctx: TokenContext | None = None) -> list[tuple[str, object]]:
+        """``(hook_name, fn)`` pairs in TransformerLens's ``fwd_hooks`` format."""
+        return [(v.hook_name, v.make_hook(ctx)) for v in self.vectors]
+
+    @contextlib.contextmanager
+    def applied(
+        self,
+        model: HookedModel,
+        *,
+        prompt_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        context: TokenContext | None = None,
+    ):
+        """Add the vectors for the duration of a ``with`` block; removed on exit, also after errors.
+
+        ``prompt_mask`` / ``attention_mask`` ([batch, pos]) tell position selectors where the prompt
+        ends and which tokens are padding; ``steerinterp.generate`` passes a live ``context`` instead.
+        """
+        self.validate(model)
+        if context is None and (prompt_mask is not None or attention_mask is not None):
+            context = TokenContext.from_masks(attention_mask, prompt_mask)
+        handle = add_hooks(model, self.fwd_hooks(context))
+        try:
+            yield model
+        finally:
+            handle.remove()
+
+    def attach(self, model: HookedModel) -> HookHandle:
+        """Add the vectors until ``handle.remove()`` (survives ``model.reset_hooks()``)."""
+        self.validate(model)
+        return add_hooks(model, self.fwd_hooks(None), permanent=True)
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def save(self, path, *, model: HookedModel | None = None, info: Mapping | None = None):
+        """Write safetensors + JSON metadata (see ``steerinterp.steering_io``). Returns the file path."""
+        from steerinterp.steering_io import save_steering
+
+        return save_steering(self, path, model=model, info=info)
+
+    @classmethod
+    def load(cls, path, model: HookedModel | None = None, *, trainable: bool = False) -> SteeringSet:
+        """Read a saved set; with ``model``, check it fits and move the vectors to its device."""
+        from steerinterp.steering_io import load_steering
+
+        return load_steering(path, model=model, trainable=trainable)
+
+
+def resolve_layers(model: HookedModel, layers: str | int | Iterable[int]) -> list[int]:
+    """``"all"`` / an int / ints / ``"3,7"`` -> sorted list of valid block indices."""
+    n = model.cfg.n_layers
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(range(n))
+        try:
+            layers = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError as e:
+            raise SteerInterpError(f"layers={layers!r}: use 'all', an int, or comma-separated ints like '3,7'") from e
+    if isinstance(layers, int):
+        layers = [layers]
+    out = sorted({int(x) for x in layers})
+    bad = [x for x in out if not 0 <= x < n]
+    if bad:
+        raise SteerInterpError(f"layer {bad[0]} is out of range: the model has layers 0..{n - 1}")
+    if not out:
+        raise SteerInterpError("no layers selected")
+    return out
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device(getattr(model.cfg, "device", "cpu") or "cpu")
+
+
+def _move(t: torch.Tensor, device) -> torch.Tensor:
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(t.detach().to(device), requires_grad=t.requires_grad)
+    return t.to(device)
