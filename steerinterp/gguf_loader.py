@@ -210,7 +210,7 @@ def gguf_to_hf_checkpoint(path: Path | None = None, out_dir: Path | None = None,
     config, state, tok_meta = read_gguf(path)
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+        tensors = {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in state.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         build_tokenizer(tok_meta).save_pretrained(str(tmp))
         files = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}

@@ -53,6 +53,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     n_ctx: int = 2048,
     tiny: TinyConfig | None = None,
+    backend: str = "hooked",
 ):
     """Return a ``HookedTransformer`` with frozen weights (``requires_grad=False``).
 
@@ -64,9 +65,16 @@ def load_model(
         device: defaults to CUDA when available, else CPU.
         n_ctx: context length to allocate (TransformerLens allocates an n_ctx x n_ctx mask per layer).
         tiny: shape of the tiny model (only with ``name="tiny"``).
+        backend: ``"hooked"`` (a ``HookedTransformer``, the default) or ``"bridge"`` (TransformerLens's
+            ``TransformerBridge`` around the HF model, the class TransformerLens 4.x keeps; local
+            checkpoints, ``tiny`` and the embedded model only).
     """
     device = torch.device(device) if device is not None else default_device()
     key = str(name) if name is not None else EMBEDDED
+    if backend not in ("hooked", "bridge"):
+        raise ModelLoadError(f"backend={backend!r}; use 'hooked' or 'bridge'")
+    if backend == "bridge":
+        return _load_bridge(key, tiny, device, dtype, processed)
     if key == EMBEDDED:
         from steerinterp.gguf_loader import EMBEDDED_NAME, gguf_to_hf_checkpoint
 
@@ -92,6 +100,38 @@ def load_model(
     model._steerinterp_source = key  # noqa: SLF001 - provenance for saved vectors
     model._steerinterp_processed = processed  # noqa: SLF001
     return model
+
+
+def _checkpoint_dir(key: str, tiny: TinyConfig | None) -> Path:
+    if key == EMBEDDED:
+        from steerinterp.gguf_loader import gguf_to_hf_checkpoint
+
+        return gguf_to_hf_checkpoint()
+    if key == TINY:
+        return tiny_checkpoint(tiny or TinyConfig())
+    directory = Path(key).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"backend='bridge' needs 'embedded', 'tiny' or a local HF checkpoint, got {key!r}")
+    return directory
+
+
+def _load_bridge(key: str, tiny: TinyConfig | None, device, dtype, processed: bool):
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = _checkpoint_dir(key, tiny)
+    hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    bridge = TransformerBridge.boot_transformers(
+        str(directory), hf_model=hf, tokenizer=tokenizer, device=str(device), dtype=dtype
+    )
+    if processed:
+        bridge.enable_compatibility_mode()
+    bridge.requires_grad_(False)
+    bridge.eval()
+    bridge._steerinterp_source = key  # noqa: SLF001
+    bridge._steerinterp_processed = processed  # noqa: SLF001
+    return bridge
 
 
 def _load_by_name(name: str, processed: bool, device, dtype, n_ctx):

@@ -162,7 +162,7 @@ class SteeringSet:
         device = _model_device(model)
         vecs = []
         for layer in resolve_layers(model, layers):
-            t = torch.zeros(model.cfg.d_model, device=device, dtype=torch.float32)
+            t = torch.zeros(model.cfg.d_model, device=device, dtype=_vector_dtype(model))
             v = nn.Parameter(t, requires_grad=True) if trainable else t
             vecs.append(SteeringVector(v, hook.format(layer=layer), scale, Positions.parse(positions)))
         out = cls(vecs)
@@ -185,7 +185,7 @@ class SteeringSet:
         resolve_layers(model, list(tensors))
         vecs = []
         for layer, t in sorted(tensors.items()):
-            t = torch.as_tensor(t).detach().to(device=device, dtype=torch.float32).clone()
+            t = torch.as_tensor(t).detach().to(device=device, dtype=_vector_dtype(model)).clone()
             v = nn.Parameter(t, requires_grad=True) if trainable else t
             vecs.append(SteeringVector(v, hook.format(layer=layer), scale, Positions.parse(positions)))
         out = cls(vecs)
@@ -339,6 +339,11 @@ def _model_device(model) -> torch.device:
         return next(model.parameters()).device
     except (StopIteration, AttributeError, TypeError):
         return torch.device(getattr(model.cfg, "device", "cpu") or "cpu")
+
+
+def _vector_dtype(model) -> torch.dtype:
+    """float64 for float64 models, else float32 (vectors stay fp32 under half-precision models)."""
+    return torch.float64 if getattr(model.cfg, "dtype", None) == torch.float64 else torch.float32
 
 
 def _move(t: torch.Tensor, device) -> torch.Tensor:
