@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
 from steerinterp.positions import TokenContext
-from steerinterp.rollout import choose_engine
-from steerinterp.sampling import check_sampling_args, next_tokens
+from steerinterp.rollout import choose_engine, expand_tl_cache, unique_rows
+from steerinterp.sampling import check_sampling_args, make_generators, next_tokens
 from steerinterp.steering import SteeringSet, SteeringVector
 from steerinterp.types import HookedModel
 
@@ -94,11 +94,14 @@ def left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, t
     return tokens.to(device), mask.to(device)
 
 
-def _as_set(steering) -> SteeringSet | None:
+def _as_set(steering):
+    """A SteeringSet (or another steering object with ``applied`` / ``layers``, e.g. AdaptiveSteering)."""
     if steering is None or isinstance(steering, SteeringSet):
         return steering
     if isinstance(steering, SteeringVector):
         return SteeringSet([steering])
+    if hasattr(steering, "applied") and hasattr(steering, "layers") and hasattr(steering, "validate"):
+        return steering
     raise SteerInterpError(f"steering must be a SteeringSet or SteeringVector, got {type(steering).__name__}")
 
 
@@ -114,7 +117,7 @@ def generate(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     stop_at_eos: bool = True,
     engine: str = "auto",
     batch_size: int | None = None,
@@ -126,7 +129,8 @@ def generate(
         prompts: strings (tokenised as written, no BOS added; see ``chat_prompts``) or token-id lists.
         steering: vectors to add; their position selectors decide prompt / generated tokens.
         temperature: 0 means greedy; the papers sample at 1.
-        seed: seeds a private generator (the global RNG is untouched); None uses the global RNG.
+        seed: an int seeds a private generator (the global RNG is untouched); a sequence gives one seed
+            per prompt, making each completion independent of batching; None uses the global RNG.
         engine: ``auto`` (the fast HF mirror when it applies, else the HookedTransformer),
             ``hooked``, ``hf`` or ``bridge``. All run the same sampler on the same logits.
         batch_size: split the prompts into chunks of this size (memory); None = all at once.
@@ -144,37 +148,42 @@ def generate(
             f"longest prompt ({max(len(i) for i in ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
             f"model's context of {n_ctx}; shorten it or load the model with a larger n_ctx"
         )
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    generators = make_generators(seed, len(ids), _device(model))
     chosen = choose_engine(model, engine, vecs)
     step = batch_size or len(ids)
-    chunks = [
-        _generate_batch(model, chosen, ids[i : i + step], vecs, max_new_tokens, temperature, top_p, generator,
-                        stop_at_eos, progress)
-        for i in range(0, len(ids), step)
-    ]
+    chunks = []
+    for i in range(0, len(ids), step):
+        gens = generators if generators is None or len(generators) == 1 else generators[i : i + step]
+        chunks.append(_generate_batch(model, chosen, ids[i : i + step], vecs, max_new_tokens, temperature, top_p,
+                                      gens, stop_at_eos, progress))
     return _concat(chunks, texts, model, chosen.name)
 
 
-def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p, generator, stop_at_eos, progress):
+def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p, generators, stop_at_eos, progress):
     device = _device(model)
     tok = model.tokenizer
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     prompt, pmask = left_pad(ids, pad, device)
     batch = prompt.shape[0]
-    ctx = TokenContext.from_masks(pmask, pmask.bool())
+    # identical prompts (G samples of one problem) are prefilled once and their cache rows copied
+    first, group = unique_rows(prompt, pmask)
+    ctx = TokenContext.from_masks(pmask[first], pmask[first].bool())
+    if bool(pmask.all()):
+        ctx.valid = None  # no padding: hooks can skip masking
     lengths = pmask.sum(-1)  # tokens so far per row (unpadded)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
     new_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
     full_mask = pmask
-    engine.start(batch)
+    engine.start(len(first))
     with engine.steering(vecs, ctx):
-        logits = engine.forward(prompt, pmask, full_mask)
+        logits = engine.forward(prompt[first], pmask[first], pmask[first])
+        if len(first) < batch:
+            engine.expand(group)
+        logits = logits[group]
         for t in tqdm(range(max_new_tokens), disable=not progress, desc="generate", leave=False):
-            nxt = next_tokens(logits, temperature, top_p, generator)
+            nxt = next_tokens(logits, temperature, top_p, generators)
             alive = ~finished
             nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
             new_tokens[:, t] = nxt
@@ -187,7 +196,7 @@ def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p
             full_mask = torch.cat([full_mask, step_mask], dim=1)
             ctx.is_prompt = torch.zeros((batch, 1), dtype=torch.bool, device=device)
             ctx.index = torch.where(alive, lengths, torch.full_like(lengths, -1))[:, None]
-            ctx.valid = alive[:, None]
+            ctx.valid = None if bool(alive.all()) else alive[:, None]
             lengths = lengths + alive.long()
             logits = engine.forward(nxt[:, None], step_mask, full_mask)
     used = int(new_mask.sum(0).nonzero().max().item()) + 1 if new_mask.any() else 1
@@ -256,6 +265,8 @@ def teacher_forced_logprobs(
     prompt_mask: Bool[torch.Tensor, "batch seq"] | None = None,
     temperature: float = 1.0,
     train_weights: bool = False,
+    skip_frozen_prefix: bool = True,
+    prompt_length: int | None = None,
 ) -> Float[torch.Tensor, "batch seq"]:
     """Log-probabilities of the completion tokens under the (steered) model.
 
@@ -263,6 +274,13 @@ def teacher_forced_logprobs(
     Gradients flow to the steering tensors only (the model's weights are frozen for the pass)
     unless ``train_weights=True``. Pass a ``GenerationOutput``'s masks for left-padded batches;
     ``prompt_mask`` defaults to the real tokens before the first completion token.
+
+    On a HookedTransformer, the blocks before the first steered layer run without autograd
+    (``skip_frozen_prefix``; no gradient can flow there) and the unembedding is computed only at the
+    positions that predict a completion token. With ``prompt_length`` (a ``GenerationOutput``'s:
+    prompts occupy ``tokens[:, :prompt_length]``), rows that share a prompt run it once and reuse its
+    keys and values through a KV cache, gradients included (RL groups: G samples per prompt).
+    All of these leave the result unchanged (tested).
     """
     vecs = _as_set(steering)
     if tokens.shape != completion_mask.shape:
@@ -279,15 +297,80 @@ def teacher_forced_logprobs(
         started = completion_mask.long().cumsum(-1) > 0
         prompt_mask = attention_mask.bool() & ~started
     grad_ctx = contextlib.nullcontext() if train_weights else frozen_weights(model)
-    steer_ctx = (
-        vecs.applied(model, prompt_mask=prompt_mask, attention_mask=attention_mask)
-        if vecs is not None and len(vecs)
-        else contextlib.nullcontext()
-    )
-    with grad_ctx, steer_ctx:
-        logits = model(tokens, attention_mask=attention_mask)
-    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    picked = logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    def steer_ctx():
+        if vecs is None or not len(vecs):
+            return contextlib.nullcontext()
+        return vecs.applied(model, prompt_mask=prompt_mask, attention_mask=attention_mask)
+
+    predicts = completion_mask[:, 1:]  # position t predicts token t + 1
+    targets = tokens[:, 1:][predicts]
+    layers = list(vecs.layers) if vecs is not None else []
+    if prompt_length is not None:
+        p = prompt_length
+        if completion_mask[:, :p].any() or prompt_mask[:, p:].any() or not 0 < p < tokens.shape[1]:
+            raise SteerInterpError(f"prompt_length={p} does not separate prompts from completions in these tokens")
+    with grad_ctx:
+        if _has_block_stack(model) and None not in layers:
+            start = min(layers) if (layers and skip_frozen_prefix and not train_weights) else 0
+            if prompt_length is not None:
+                resid = _final_residual_shared_prompts(model, tokens, attention_mask, prompt_length, start, vecs)
+            else:
+                with steer_ctx():
+                    resid = _final_residual(model, tokens, attention_mask, start)
+            picked_resid = resid[:, :-1][predicts]  # [n_completion_tokens, d_model]
+            with steer_ctx():
+                logits = model.unembed(model.ln_final(picked_resid[None]))[0]
+        else:
+            with steer_ctx():
+                logits = model(tokens, attention_mask=attention_mask)[:, :-1][predicts]
+    work = logits if logits.dtype == torch.float64 else logits.float()
+    logp = torch.log_softmax(work / temperature, dim=-1)
+    picked = logp.gather(-1, targets[:, None])[:, 0]
     out = torch.zeros(tokens.shape, dtype=picked.dtype, device=picked.device)
-    out[:, 1:] = picked
-    return out * completion_mask
+    out[:, 1:][predicts] = picked
+    return out
+
+
+def _has_block_stack(model) -> bool:
+    return type(model).__name__ == "HookedTransformer"
+
+
+def _final_residual_shared_prompts(model, tokens, attention_mask, prompt_length: int, start: int, vecs):
+    """Residual after the last block, running each distinct prompt once (KV cache copied to its rows)."""
+    from transformer_lens import TransformerLensKeyValueCache
+
+    n, p = model.cfg.n_layers, prompt_length
+    ptoks, pmask = tokens[:, :p], attention_mask[:, :p]
+    first, group = unique_rows(ptoks, pmask)
+    ctx = TokenContext.from_masks(pmask[first], pmask[first].bool())
+    steer = vecs.applied(model, context=ctx) if vecs is not None and len(vecs) else contextlib.nullcontext()
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, len(first))
+    with steer:
+        prompt_resid = _cached_forward(model, ptoks[first], pmask[first], pmask[first], cache, start)
+        expand_tl_cache(cache, group)
+        ctoks, cmask = tokens[:, p:], attention_mask[:, p:]
+        fresh = TokenContext.from_masks(attention_mask, torch.zeros_like(attention_mask, dtype=torch.bool))
+        ctx.is_prompt, ctx.index, ctx.valid = fresh.is_prompt[:, p:], fresh.index[:, p:], fresh.valid[:, p:]
+        completion_resid = _cached_forward(model, ctoks, cmask, attention_mask, cache, start)
+    return torch.cat([prompt_resid[group], completion_resid], dim=1)
+
+
+def _cached_forward(model, toks, new_mask, full_mask, cache, start: int):
+    """Blocks 0..start-1 without autograd, then start..n-1 with it, both appending to ``cache``."""
+    n = model.cfg.n_layers
+    if start <= 0:
+        return model(toks, attention_mask=new_mask, past_kv_cache=cache, stop_at_layer=n)
+    with torch.no_grad():
+        prefix = model(toks, attention_mask=new_mask, past_kv_cache=cache, stop_at_layer=start)
+    # start_at_layer skips the embedding step that extends the cache's mask, so pass the full mask
+    return model(prefix, start_at_layer=start, attention_mask=full_mask, past_kv_cache=cache, stop_at_layer=n)
+
+
+def _final_residual(model, tokens, attention_mask, start: int):
+    """Residual stream after the last block; blocks before ``start`` run without autograd."""
+    n = model.cfg.n_layers
+    if start <= 0:
+        return model(tokens, attention_mask=attention_mask, stop_at_layer=n)
+    with torch.no_grad():
+        prefix = model(tokens, attention_mask=attention_mask, stop_at_layer=start)
+    return model(prefix, start_at_layer=start, tokens=tokens, attention_mask=attention_mask, stop_at_layer=n)

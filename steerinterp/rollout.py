@@ -25,8 +25,29 @@ from jaxtyping import Float, Int
 
 from steerinterp.errors import SteerInterpError
 from steerinterp.positions import TokenContext
-from steerinterp.steering import SteeringSet
 from steerinterp.types import is_bridge
+
+
+def expand_tl_cache(cache, index: torch.Tensor) -> None:
+    """Select / repeat rows of a TransformerLens KV cache in place (differentiable: index_select)."""
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys.index_select(0, index)
+        entry.past_values = entry.past_values.index_select(0, index)
+    cache.previous_attention_mask = cache.previous_attention_mask.index_select(0, index)
+
+
+def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each distinct row, index of each row's distinct row), rows compared across tensors."""
+    key = torch.cat([t.long() for t in tensors], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n = int(inverse.max()) + 1
+    first = torch.full((n,), key.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    # renumber so that distinct rows keep their order of first appearance
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=key.device)
+    return first[order], rank[inverse]
 
 
 def position_ids(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
@@ -43,7 +64,7 @@ class HookedEngine:
         self.model = model
 
     @contextlib.contextmanager
-    def steering(self, vecs: SteeringSet | None, ctx: TokenContext):
+    def steering(self, vecs, ctx: TokenContext):
         if vecs is None or len(vecs) == 0:
             yield
             return
@@ -55,6 +76,10 @@ class HookedEngine:
 
         device = next(self.model.parameters()).device
         self.cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, device, batch)
+
+    def expand(self, index: torch.Tensor) -> None:
+        """Make cache row i a copy of row index[i] (prompts shared by several samples are prefilled once)."""
+        expand_tl_cache(self.cache, index)
 
     def forward(self, ids, new_mask, full_mask) -> Float[torch.Tensor, "batch vocab"]:
         m = self.model
@@ -93,18 +118,21 @@ class HFEngine:
         self.hf = hf_mirror(model)
 
     @staticmethod
-    def supports(vecs: SteeringSet | None) -> bool:
-        return vecs is None or all(hf_hook_site(v.hook_name) is not None for v in vecs)
+    def supports(vecs) -> bool:
+        if vecs is None:
+            return True
+        try:
+            vecs.hf_hook_specs(None)
+        except (SteerInterpError, AttributeError):
+            return False
+        return True
 
     @contextlib.contextmanager
-    def steering(self, vecs: SteeringSet | None, ctx: TokenContext):
+    def steering(self, vecs, ctx: TokenContext):
         handles = []
         try:
-            for v in vecs or ():
-                v_fn = v.make_hook(ctx)
-                module_path, side = hf_hook_site(v.hook_name)
-                module = self.hf.get_submodule(module_path)
-                handles.append(_register(module, side, v_fn, v.hook_name))
+            for module_path, side, fn, name in vecs.hf_hook_specs(ctx) if vecs is not None else ():
+                handles.append(_register(self.hf.get_submodule(module_path), side, fn, name))
             yield
         finally:
             for h in handles:
@@ -115,16 +143,23 @@ class HFEngine:
 
         self.cache = DynamicCache(config=self.hf.config)
 
+    def expand(self, index: torch.Tensor) -> None:
+        self.cache.reorder_cache(index)
+
     def forward(self, ids, new_mask, full_mask):
         pos = position_ids(full_mask)[:, -ids.shape[1] :]
+        # without padding, HF's causal path needs no explicit mask (and builds none)
+        mask = None if bool(full_mask.all()) else full_mask
         out = self.hf.model(
-            input_ids=ids, attention_mask=full_mask, position_ids=pos, past_key_values=self.cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache, use_cache=True
         )
         return self.hf.lm_head(out.last_hidden_state[:, -1, :])
 
 
 def _register(module, side: str, fn, hook_name: str):
     hook = SimpleNamespace(name=hook_name)
+    if side == "output_with_input":
+        return module.register_forward_hook(lambda mod, args, output: fn(output, hook, args))
     if side == "output":
 
         def post(mod, args, output):
@@ -159,6 +194,9 @@ class BridgeEngine:
 
         self.cache = DynamicCache(config=self.model.original_model.config)
 
+    def expand(self, index: torch.Tensor) -> None:
+        self.cache.reorder_cache(index)
+
     def forward(self, ids, new_mask, full_mask):
         pos = position_ids(full_mask)[:, -ids.shape[1] :]
         logits = self.model(ids, attention_mask=full_mask, position_ids=pos, past_key_values=self.cache, use_cache=True)
@@ -182,7 +220,7 @@ def hf_mirror(model):
 ENGINES = ("auto", "hooked", "hf", "bridge")
 
 
-def choose_engine(model, engine: str, vecs: SteeringSet | None):
+def choose_engine(model, engine: str, vecs):
     """Pick the engine: ``auto`` = bridge for bridges, else the HF mirror when it applies, else hooked."""
     from steerinterp.hf_mirror import MirrorUnsupported
 
@@ -198,8 +236,7 @@ def choose_engine(model, engine: str, vecs: SteeringSet | None):
         return HookedEngine(model)
     if not HFEngine.supports(vecs):
         if engine == "hf":
-            bad = next(v.hook_name for v in vecs if hf_hook_site(v.hook_name) is None)
-            raise SteerInterpError(f"engine='hf' cannot steer at {bad!r}; use engine='hooked'")
+            vecs.hf_hook_specs(None)  # raises the message naming the hook
         return HookedEngine(model)
     try:
         return HFEngine(model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float, Int
 
@@ -15,13 +17,33 @@ def check_sampling_args(temperature: float, top_p: float) -> None:
         raise SteerInterpError(f"top_p must be in (0, 1], got {top_p}")
 
 
+def make_generators(seed: int | Sequence[int] | None, n_rows: int, device) -> list[torch.Generator] | None:
+    """One generator for the batch (an int seed), one per row (a sequence of seeds), or None (global RNG).
+
+    Per-row seeds make each row's sample independent of which other rows share its batch, so a
+    prompt's completions are the same however prompts are batched or split across processes.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, int):
+        return [torch.Generator(device=device).manual_seed(seed)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n_rows:
+        raise SteerInterpError(f"got {len(seeds)} seeds for {n_rows} prompts; pass one int or one seed per prompt")
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
 def next_tokens(
     logits: Float[torch.Tensor, "batch vocab"],
     temperature: float = 1.0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> Int[torch.Tensor, "batch"]:
-    """Greedy (``temperature == 0``) or temperature / nucleus sampling from last-position logits."""
+    """Greedy (``temperature == 0``) or temperature / nucleus sampling from last-position logits.
+
+    Sampling uses the exponential race (argmax of p_i / E_i with E_i ~ Exp(1)), an exact sampler whose
+    noise can come from one generator per row.
+    """
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -30,4 +52,12 @@ def next_tokens(
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    noise = torch.empty_like(probs)
+    if generators is None:
+        noise.exponential_()
+    elif len(generators) == 1:
+        noise.exponential_(generator=generators[0])
+    else:
+        for row, g in zip(noise, generators):
+            row.exponential_(generator=g)
+    return (probs / noise).argmax(-1)

@@ -64,7 +64,8 @@ class SteeringVector:
 
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         """``scale * vector`` in the dtype and device of an activation."""
-        return (self.vector * self.scale).to(device=like.device, dtype=like.dtype)
+        v = self.vector if self.scale == 1.0 else self.vector * self.scale
+        return v.to(device=like.device, dtype=like.dtype)
 
     def make_hook(self, ctx: TokenContext | None = None):
         """A TransformerLens hook function ``fn(act, hook)`` that adds this vector."""
@@ -265,6 +266,18 @@ class SteeringSet:
                     f"{model.cfg.d_model}; vectors only fit models of the same width"
                 )
             check_finite(v.hook_name, v.vector)
+
+    def hf_hook_specs(self, ctx: TokenContext | None = None) -> list[tuple[str, str, object, str]]:
+        """``(hf_module_path, side, fn, hook_name)`` for the fast engine; raises if a hook has no HF twin."""
+        from steerinterp.rollout import hf_hook_site
+
+        specs = []
+        for v in self.vectors:
+            site = hf_hook_site(v.hook_name)
+            if site is None:
+                raise SteerInterpError(f"engine='hf' cannot steer at {v.hook_name!r}; use engine='hooked'")
+            specs.append((site[0], site[1], v.make_hook(ctx), v.hook_name))
+        return specs
 
     def fwd_hooks(self, ctx: TokenContext | None = None) -> list[tuple[str, object]]:
         """``(hook_name, fn)`` pairs in TransformerLens's ``fwd_hooks`` format."""

@@ -184,3 +184,85 @@ def test_teacher_forced_logprobs_do_not_touch_user_models_grad_flags():
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(SteerInterpError, match="first token"):
         si.teacher_forced_logprobs(model, toks, torch.ones_like(cm), vecs)
+
+
+def test_per_prompt_seeds_make_samples_independent_of_batching(tiny):
+    seeds = [11, 22, 33]
+    together = si.generate(tiny, PROMPTS, max_new_tokens=10, seed=seeds)
+    for i, p in enumerate(PROMPTS):
+        alone = si.generate(tiny, [p], max_new_tokens=10, seed=[seeds[i]])
+        assert alone.completion_tokens[0] == together.completion_tokens[i]
+    reordered = si.generate(tiny, PROMPTS[::-1], max_new_tokens=10, seed=seeds[::-1])
+    assert reordered.completion_tokens[::-1] == together.completion_tokens
+    with pytest.raises(SteerInterpError, match="one seed per prompt"):
+        si.generate(tiny, PROMPTS, max_new_tokens=2, seed=[1, 2])
+
+
+def test_sampler_matches_the_distribution():
+    from steerinterp.sampling import next_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20000, 4)
+    g = [torch.Generator().manual_seed(0)]
+    counts = torch.bincount(next_tokens(logits, 1.0, 1.0, g), minlength=4).float() / 20000
+    assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015)
+    nucleus = torch.bincount(next_tokens(logits, 1.0, 0.7, g), minlength=4).float() / 20000
+    assert nucleus[2] == 0 and nucleus[3] == 0 and abs(nucleus[0] - 0.625) < 0.015
+
+
+@pytest.mark.parametrize("layers", [[0], [2], [1, 3]])
+def test_skipping_the_frozen_prefix_changes_nothing(tiny64, layers):
+    """Log-probs and gradients are the same whether or not the blocks before the first vector run
+    under autograd, and equal a plain full-logits computation."""
+    g = torch.Generator().manual_seed(3)
+    out = si.generate(tiny64, PROMPTS, max_new_tokens=6, seed=0)
+    grads, lps = [], []
+    for skip in (True, False):
+        vecs = si.SteeringSet.from_tensors(
+            tiny64, {layer: torch.randn(64, generator=g, dtype=torch.float64) for layer in layers}, trainable=True
+        )
+        if grads:  # same values for both runs
+            for v, w in zip(vecs, prev):
+                v.vector.data.copy_(w)
+        prev = [v.vector.detach().clone() for v in vecs]
+        lp = si.teacher_forced_logprobs(tiny64, out.tokens, out.completion_mask, vecs,
+                                        attention_mask=out.attention_mask, skip_frozen_prefix=skip)
+        (lp.sum()).backward()
+        grads.append([v.vector.grad.clone() for v in vecs])
+        lps.append(lp.detach())
+        with torch.no_grad(), vecs.applied(tiny64, attention_mask=out.attention_mask, prompt_mask=out.prompt_mask):
+            full = tiny64(out.tokens, attention_mask=out.attention_mask).log_softmax(-1)
+        ref = full[:, :-1].gather(-1, out.tokens[:, 1:, None])[..., 0] * out.completion_mask[:, 1:]
+        assert (lp.detach()[:, 1:] - ref).abs().max() < 1e-10
+    assert (lps[0] - lps[1]).abs().max() < 1e-12
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("layers", [[0], [2], [0, 1, 2, 3]])
+def test_shared_prompt_gradient_pass_is_exact(tiny64, layers):
+    """Running each distinct prompt once (KV cache with gradients, copied to its G samples) gives the
+    same log-probs and gradients as running every row in full."""
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    out = si.generate(tiny64, prompts, max_new_tokens=7, seed=list(range(len(prompts))))
+    results = []
+    for shared in (False, True):
+        g = torch.Generator().manual_seed(5)
+        vecs = si.SteeringSet.from_tensors(
+            tiny64, {layer: torch.randn(64, generator=g, dtype=torch.float64) for layer in layers}, trainable=True,
+            positions=slice(1, 100))
+        lp = si.teacher_forced_logprobs(tiny64, out.tokens, out.completion_mask, vecs, attention_mask=out.attention_mask,
+                                        prompt_mask=out.prompt_mask,
+                                        prompt_length=out.prompt_length if shared else None)
+        (lp * torch.linspace(-1, 1, lp.shape[0], dtype=lp.dtype)[:, None]).sum().backward()
+        results.append((lp.detach(), [v.vector.grad.clone() for v in vecs]))
+    (lp_a, g_a), (lp_b, g_b) = results
+    assert (lp_a - lp_b).abs().max() < 1e-10
+    for a, b in zip(g_a, g_b):
+        assert (a - b).abs().max() < 1e-10 and a.abs().max() > 0
+
+
+def test_prompt_length_must_separate_prompt_from_completion(tiny):
+    toks = torch.tensor([[257, 72, 101, 108, 108]])
+    cm = torch.tensor([[0, 0, 1, 1, 1]]).bool()
+    with pytest.raises(SteerInterpError, match="prompt_length=3"):
+        si.teacher_forced_logprobs(tiny, toks, cm, prompt_length=3)

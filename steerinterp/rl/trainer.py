@@ -1,0 +1,370 @@
+"""RLOO training of steering vectors (or adaptive steering, or the model's own weights) on a Task.
+
+One step (PAPER_NOTES section 3): draw prompts, sample G completions each at temperature 1 with the
+current steering, score them with the task's verifier, compute group advantages (RLOO by default),
+and take one AdamW step on the token-normalised REINFORCE loss, with gradient-norm clipping and a
+linear warmup then constant learning rate. On-policy, no KL, no PPO clipping.
+
+Exact resumption: sampling seeds are derived from (seed, step, prompt slot, sample), the data order
+from (seed, epoch), and checkpoints hold parameters, optimizer, scheduler, data position, RNG states
+and metrics, written atomically. A run interrupted and resumed ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from steerinterp.errors import SteerInterpError
+from steerinterp.generation import generate, teacher_forced_logprobs
+from steerinterp.rl.advantages import compute_advantages
+from steerinterp.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from steerinterp.rl.distributed import DistInfo, all_gather_list, all_reduce_sum, barrier, init_from_env
+from steerinterp.rl.loss import reinforce_loss
+from steerinterp.steering import SteeringSet
+from steerinterp.tasks.base import Problem, Task
+
+PARAMETRISATIONS = ("vector", "adaptive", "full")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters. Defaults: the embedded-model recipe that reproduces the papers' effect on CPU
+    (the papers themselves: lr 1e-3 all-layer on 7B models, G=16, 128 prompts/step)."""
+
+    steps: int = 40
+    layers: str | list[int] = "all"
+    parametrisation: str = "vector"  # vector | adaptive | full (fine-tune the model's weights)
+    full_params: list[str] | None = None  # for "full": substrings of parameter names (None = all)
+    lr: float = 3e-3
+    group_size: int = 8
+    prompts_per_step: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    advantage: str = "rloo"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 2.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    checkpoint_every: int = 1
+    micro_batch: int = 64  # sequences per forward/backward in the gradient pass (a multiple of group_size)
+    engine: str = "auto"
+
+    def validate(self) -> None:
+        if self.parametrisation not in PARAMETRISATIONS:
+            raise SteerInterpError(f"parametrisation={self.parametrisation!r}; use one of {', '.join(PARAMETRISATIONS)}")
+        for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "checkpoint_every", "micro_batch"):
+            if getattr(self, name) < 1:
+                raise SteerInterpError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise SteerInterpError("group_size must be >= 2: RLOO needs other samples of the same prompt")
+        if not self.lr > 0:
+            raise SteerInterpError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise SteerInterpError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# fields that may differ between a run and its resumption
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "micro_batch", "engine"}
+
+
+@dataclass
+class TrainResult:
+    steering: object | None  # SteeringSet / AdaptiveSteering (None for full fine-tuning)
+    metrics: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in m.items() if not isinstance(v, (list, dict))} for m in self.metrics])
+
+    def plot(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        df = self.to_frame()
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("training accuracy", "completion length", "seconds"))
+        fig.add_trace(go.Scatter(x=df["step"], y=df["accuracy"], name="accuracy"), 1, 1)
+        fig.add_trace(go.Scatter(x=df["step"], y=df["completion_len"], name="tokens"), 1, 2)
+        fig.add_trace(go.Scatter(x=df["step"], y=df["seconds_sampling"], name="sampling"), 1, 3)
+        fig.add_trace(go.Scatter(x=df["step"], y=df["seconds_gradient"], name="gradient"), 1, 3)
+        fig.update_layout(height=320, showlegend=True)
+        return fig
+
+    def _repr_html_(self) -> str:
+        return self.to_frame()._repr_html_()
+
+
+def sample_seed(seed: int, step: int, slot: int, sample: int) -> int:
+    """Seed of one sample: a function of its coordinates only (not of batching or process layout)."""
+    x = (seed * 1_000_003 + step) * 1_000_033 + slot * 1_009 + sample
+    return x % (2**63 - 1)
+
+
+def select_full_params(model, patterns: Sequence[str] | None) -> dict[str, torch.nn.Parameter]:
+    named = dict(model.named_parameters())
+    if not patterns:
+        return named
+    chosen = {n: p for n, p in named.items() if any(pat in n for pat in patterns)}
+    if not chosen:
+        raise SteerInterpError(f"no parameter name contains any of {list(patterns)}; e.g. 'blocks.29.mlp', 'W_U'")
+    return chosen
+
+
+class Trainer:
+    """Train steering on a task. ``Trainer(model, task, TrainConfig(...), out_dir).train()``."""
+
+    def __init__(self, model, task: Task, config: TrainConfig | None = None, out_dir=None, *,
+                 progress: bool = True, dist: DistInfo | None = None):
+        self.model, self.task = model, task
+        self.config = config or TrainConfig()
+        self.config.validate()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.dist = dist or init_from_env()
+        if self.config.prompts_per_step % self.dist.world_size:
+            raise SteerInterpError(
+                f"prompts_per_step={self.config.prompts_per_step} must divide evenly over {self.dist.world_size} processes"
+            )
+        cfg = self.config
+        self.steering = None
+        if cfg.parametrisation == "vector":
+            self.steering = SteeringSet.zeros(model, cfg.layers)
+            self.params = {v.hook_name: v.vector for v in self.steering}
+        elif cfg.parametrisation == "adaptive":
+            from steerinterp.adaptive import AdaptiveSteering
+
+            self.steering = AdaptiveSteering.init(model, cfg.layers, seed=cfg.seed)
+            self.params = self.steering.named_tensors()
+        else:
+            self.params = select_full_params(model, cfg.full_params)
+            model.requires_grad_(False)
+            for p in self.params.values():
+                p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, betas=cfg.betas,
+                                           weight_decay=cfg.weight_decay)
+        warmup = math.ceil(cfg.steps * cfg.warmup_ratio)
+        # transformers' constant_with_warmup: lr * min(1, step / warmup) (the papers' HF Trainer schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: 1.0 if warmup == 0 or s >= warmup else s / warmup
+        )
+        self.step_index = 0
+        self.epoch, self.position = 0, 0
+        self.metrics: list[dict] = []
+
+    # ---- data ---------------------------------------------------------------------------------------
+    def _order(self, epoch: int) -> list[int]:
+        idx = list(range(len(self.task.train)))
+        random.Random(self.config.seed * 7919 + epoch).shuffle(idx)
+        return idx
+
+    def _next_problems(self) -> list[Problem]:
+        n = self.config.prompts_per_step
+        out = []
+        while len(out) < n:
+            order = self._order(self.epoch)
+            take = order[self.position : self.position + n - len(out)]
+            out += [self.task.train[i] for i in take]
+            self.position += len(take)
+            if self.position >= len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    # ---- one step ---------------------------------------------------------------------------------------
+    def step(self) -> dict:
+        cfg, model, d = self.config, self.model, self.dist
+        problems = self._next_problems()
+        per_rank = cfg.prompts_per_step // d.world_size
+        first_slot = d.rank * per_rank
+        mine = problems[first_slot : first_slot + per_rank]
+        G = cfg.group_size
+        prompts = [p for p in self.task.prompts(model, mine) for _ in range(G)]
+        seeds = [sample_seed(cfg.seed, self.step_index, first_slot + i, g) for i in range(len(mine)) for g in range(G)]
+
+        t0 = time.perf_counter()
+        out = generate(model, prompts, steering=self.steering, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, seed=seeds, engine=cfg.engine)
+        t_sample = time.perf_counter() - t0
+
+        rows = [(mine[i // G], text) for i, text in enumerate(out.texts)]
+        rewards = torch.tensor([self.task.reward(text, p) for p, text in rows], dtype=torch.float32)
+        correct = [self.task.is_correct(text, p) for p, text in rows]
+        adv = compute_advantages(rewards.view(len(mine), G), cfg.advantage).view(-1)
+
+        t1 = time.perf_counter()
+        device = out.tokens.device
+        n_tok_local = out.completion_mask.sum()
+        n_tok = int(all_reduce_sum(n_tok_local.clone().to(torch.float64), d).item())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for s in range(0, len(prompts), cfg.micro_batch):
+            sl = slice(s, s + cfg.micro_batch)
+            lp = teacher_forced_logprobs(model, out.tokens[sl], out.completion_mask[sl], self.steering,
+                                         attention_mask=out.attention_mask[sl], prompt_mask=out.prompt_mask[sl],
+                                         temperature=cfg.temperature, train_weights=cfg.parametrisation == "full",
+                                         prompt_length=out.prompt_length)
+            loss = reinforce_loss(lp, out.completion_mask[sl], adv[sl].to(device), n_tokens=n_tok)
+            loss.backward()
+            loss_total += float(loss.detach())
+        params = list(self.params.values())
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            all_reduce_sum(p.grad, d)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        t_grad = time.perf_counter() - t1
+
+        # metrics over all processes
+        all_rewards = all_gather_list(rewards.tolist(), d)
+        all_correct = all_gather_list(correct, d)
+        all_adv = torch.tensor(all_gather_list(adv.tolist(), d))
+        lengths = all_gather_list(out.completion_lengths.tolist(), d)
+        groups = torch.tensor(all_rewards).view(-1, G)
+        m = {
+            "step": self.step_index,
+            "reward_mean": float(torch.tensor(all_rewards).mean()),
+            "accuracy": sum(all_correct) / len(all_correct),
+            "groups_with_signal": float((groups.max(1).values != groups.min(1).values).float().mean()),
+            "adv_mean": float(all_adv.mean()),
+            "adv_std": float(all_adv.std()) if len(all_adv) > 1 else 0.0,
+            "adv_abs_mean": float(all_adv.abs().mean()),
+            "loss": float(all_reduce_sum(torch.tensor(loss_total, dtype=torch.float64), d)),
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens": n_tok,
+            "completion_len": sum(lengths) / len(lengths),
+            "seconds_sampling": t_sample,
+            "seconds_gradient": t_grad,
+            "engine": out.engine,
+            "example": out.texts[0][:200],
+        }
+        m.update(self._param_stats())
+        self.step_index += 1
+        return m
+
+    def _param_stats(self) -> dict:
+        if self.config.parametrisation == "vector":
+            norms = [float(v.vector.detach().norm()) for v in self.steering]
+            return {"vector_norm_mean": sum(norms) / len(norms), "vector_norm_max": max(norms), "vector_norms": norms}
+        if self.config.parametrisation == "adaptive":
+            return {"b_norms": [float(self.steering.b[k].detach().norm()) for k in self.steering.layers]}
+        with torch.no_grad():
+            return {"param_norm": float(torch.sqrt(sum((p.float() ** 2).sum() for p in self.params.values())))}
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step_index,
+            "epoch": self.epoch,
+            "position": self.position,
+            "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+            "task": self.task.name,
+            "metrics": list(self.metrics),
+        }
+
+    def load_state(self, state: dict) -> None:
+        saved, now = state["config"], self.config.to_dict()
+        changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        if changed:
+            k = changed[0]
+            raise SteerInterpError(f"cannot resume: {k} was {saved.get(k)!r} in the checkpoint, now {now[k]!r}")
+        if state["task"] != self.task.name:
+            raise SteerInterpError(f"cannot resume: the checkpoint trained on {state['task']!r}, not {self.task.name!r}")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(state["params"][k].to(p.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step_index, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.metrics = list(state["metrics"])
+
+    def _write_metrics(self, rewrite: bool = False) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        path = self.out_dir / "metrics.jsonl"
+        if rewrite:
+            path.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+        else:
+            with open(path, "a") as f:
+                f.write(json.dumps(self.metrics[-1]) + "\n")
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def train(self, resume: bool = False, *, stop_after: int | None = None) -> TrainResult:
+        """Run until ``config.steps`` (or ``stop_after`` more steps); resume from ``out_dir`` if asked."""
+        cfg = self.config
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if resume:
+                state = load_checkpoint(self.out_dir)
+                if state is not None:
+                    self.load_state(state)
+            elif (self.out_dir / "checkpoint").exists():
+                raise SteerInterpError(f"{self.out_dir} already holds a run; pass resume=True (--resume) or a new directory")
+            if self.dist.is_main:
+                (self.out_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "task": self.task.name}, indent=2))
+                self._write_metrics(rewrite=True)
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step_index + stop_after)
+        bar = tqdm(total=cfg.steps, initial=self.step_index, desc="train", disable=not (self.progress and self.dist.is_main))
+        while self.step_index < end:
+            m = self.step()
+            self.metrics.append(m)
+            self._write_metrics()
+            bar.update(1)
+            bar.set_postfix(acc=f"{m['accuracy']:.2f}", len=f"{m['completion_len']:.1f}",
+                            s=f"{m['seconds_sampling']:.0f}+{m['seconds_gradient']:.0f}")
+            if self.out_dir is not None and (self.step_index % cfg.checkpoint_every == 0 or self.step_index == cfg.steps):
+                if self.dist.is_main:
+                    save_checkpoint(self.out_dir, self.state())
+                barrier(self.dist)
+        bar.close()
+        if self.out_dir is not None and self.step_index >= cfg.steps and self.dist.is_main:
+            self._save_final()
+        return TrainResult(self.steering, list(self.metrics), self.out_dir)
+
+    def _save_final(self) -> None:
+        final = self.out_dir / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        info = {"task": self.task.name, "steps": self.step_index, "config": self.config.to_dict()}
+        if self.config.parametrisation == "vector":
+            self.steering.save(final, model=self.model, info=info)
+        elif self.config.parametrisation == "adaptive":
+            self.steering.save(final / "adaptive.safetensors")
+        else:
+            from safetensors.torch import save
+
+            from steerinterp._cache import atomic_write_bytes
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.params.items()}
+            atomic_write_bytes(final / "weights.safetensors", save(tensors, metadata={"format": "steerinterp.full/1"}))
+        (final / "train_info.json").write_text(json.dumps(info, indent=2))
+
+
+def train(model, task: Task, config: TrainConfig | None = None, out_dir=None, *, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Convenience wrapper: ``Trainer(model, task, config, out_dir).train(resume)``."""
+    return Trainer(model, task, config, out_dir, progress=progress).train(resume=resume)

@@ -1,0 +1,84 @@
+"""The Task object: problems, a prompt format and a verifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from steerinterp.chat import chat_prompts
+from steerinterp.errors import SteerInterpError
+from steerinterp.rewards import VERIFIERS, answers_match, extract_boxed, extract_last_number, reference_answer
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # the reference: a final answer, or a GSM8K solution ending in "#### N"
+    id: str = ""
+
+    @property
+    def final_answer(self) -> str:
+        return reference_answer(self.answer)
+
+
+@dataclass
+class Task:
+    """Problems (train / test splits), how to prompt for them, and how to score a completion.
+
+    Args:
+        verifier: ``"boxed"`` (the papers': last ``\\boxed{}`` only) or ``"last_number"`` (lenient).
+        system_prompt: the chat system message; None keeps the chat template's default.
+        user_template: the user message, with ``{question}`` where the problem goes.
+        format_bonus: added to the reward when the completion writes ``\\boxed{}`` (lenient verifier).
+        zero_one: rewards 1 / 0 instead of the papers' +1 / -1.
+    """
+
+    name: str
+    train: Sequence[Problem]
+    test: Sequence[Problem]
+    verifier: str = "boxed"
+    system_prompt: str | None = None
+    user_template: str = "{question}"
+    format_bonus: float = 0.0
+    zero_one: bool = False
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.verifier not in VERIFIERS:
+            raise SteerInterpError(f"verifier={self.verifier!r}; choose one of {', '.join(VERIFIERS)}")
+        if "{question}" not in self.user_template:
+            raise SteerInterpError("user_template must contain {question}")
+        if not self.train:
+            raise SteerInterpError(f"task {self.name!r} has no training problems")
+
+    def user_message(self, problem: Problem) -> str:
+        return self.user_template.format(question=problem.question)
+
+    def prompts(self, model, problems: Sequence[Problem]) -> list[str]:
+        """Chat-formatted prompts (or plain user messages for models without a chat template)."""
+        tok = getattr(model, "tokenizer", model)
+        messages = [self.user_message(p) for p in problems]
+        if getattr(tok, "chat_template", None):
+            return chat_prompts(tok, messages, system=self.system_prompt)
+        prefix = f"{self.system_prompt}\n\n" if self.system_prompt else ""
+        return [f"{prefix}User: {m}\nAssistant:" for m in messages]
+
+    def extracted(self, completion: str) -> str | None:
+        """The answer the verifier reads from a completion (None when there is none)."""
+        boxed = extract_boxed(completion)
+        if self.verifier == "boxed" or boxed is not None:
+            return boxed
+        return extract_last_number(completion)
+
+    def is_correct(self, completion: str, problem: Problem) -> bool:
+        answer = self.extracted(completion)
+        return answer is not None and answers_match(answer, problem.final_answer)
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        fn = VERIFIERS[self.verifier]
+        if self.verifier == "last_number":
+            return fn(completion, problem.final_answer, zero_one=self.zero_one, format_bonus=self.format_bonus)
+        return fn(completion, problem.final_answer, zero_one=self.zero_one)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, train={len(self.train)}, test={len(self.test)}, verifier={self.verifier!r})"

@@ -1,0 +1,38 @@
+"""Task specs for the command line: ``arithmetic[:LEVEL]``, ``gsm8k:PATH[,TEST_PATH]``, ``math:PATH``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from steerinterp.errors import SteerInterpError
+from steerinterp.tasks.arithmetic import arithmetic_task
+from steerinterp.tasks.jsonl import gsm8k_task, math_task
+
+GSM8K_LENIENT_TEMPLATE = "{question}\nGive the final answer as a number."
+
+
+def load_task(spec: str, *, verifier: str | None = None, seed: int = 0, limit: int | None = None):
+    """Build a Task from a spec string.
+
+    * ``arithmetic`` / ``arithmetic:add2``: synthetic levels (lenient last-number verifier);
+    * ``gsm8k:train.jsonl`` or ``gsm8k:train.jsonl,test.jsonl`` (a directory with both works too);
+      ``verifier="last_number"`` switches to the lenient check with a number-asking prompt;
+    * ``math:file.jsonl``.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "arithmetic":
+        return arithmetic_task(arg or "add1", seed=seed, verifier=verifier or "last_number")
+    if kind in ("gsm8k", "math"):
+        if not arg:
+            raise SteerInterpError(f"task {spec!r} needs a path: {kind}:PATH")
+        train, _, test = arg.partition(",")
+        if Path(train).is_dir():
+            train, test = str(Path(train) / "train.jsonl"), str(Path(train) / "test.jsonl")
+        test = test or None
+        if kind == "gsm8k":
+            if verifier == "last_number":
+                return gsm8k_task(train, test, verifier="last_number", system_prompt=None,
+                                  user_template=GSM8K_LENIENT_TEMPLATE, seed=seed, limit=limit)
+            return gsm8k_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
+        return math_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
+    raise SteerInterpError(f"unknown task {spec!r}; use arithmetic[:LEVEL], gsm8k:PATH or math:PATH")
