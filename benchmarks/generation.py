@@ -82,10 +82,10 @@ def main():
         prompts = si.chat_prompts(model, [QUESTIONS[i % len(QUESTIONS)] for i in range(b)])
         base, ours, hooked = [], [], []
         for r in range(args.repeats):
-            base.append(timed(lambda: hf_generate(hf, tok, prompts, vectors, args.new_tokens, r)))
-            ours.append(timed(lambda: si_generate(model, prompts, vecs, args.new_tokens, r, "auto")))
+            base.append(timed(lambda p=prompts, r=r: hf_generate(hf, tok, p, vectors, args.new_tokens, r)))
+            ours.append(timed(lambda p=prompts, r=r: si_generate(model, p, vecs, args.new_tokens, r, "auto")))
             if args.hooked:
-                hooked.append(timed(lambda: si_generate(model, prompts, vecs, args.new_tokens, r, "hooked")))
+                hooked.append(timed(lambda p=prompts, r=r: si_generate(model, p, vecs, args.new_tokens, r, "hooked")))
         hb, ho = statistics.median(base), statistics.median(ours)
         line = f"batch {b:3d}: transformers {hb:7.1f} tok/s | steerinterp {ho:7.1f} tok/s | ratio {ho / hb:.2f}"
         if hooked:

@@ -11,7 +11,7 @@
 __version__ = "0.1.0"
 
 from steerinterp.chat import chat_prompts
-from steerinterp.errors import ModelLoadError, SteerInterpError, SteeringFileError
+from steerinterp.errors import ModelLoadError, SteeringFileError, SteerInterpError
 from steerinterp.generation import GenerationOutput, generate, teacher_forced_logprobs
 from steerinterp.models import TinyConfig, load_model
 from steerinterp.positions import Positions, TokenContext

@@ -22,12 +22,14 @@ def _threads(n: int | None) -> None:
 
 
 def cmd_demo(args) -> int:
+    import steerinterp as si
     from steerinterp.demo import run_demo, write_demo
 
     _threads(args.threads)
     t0 = time.time()
-    result = run_demo(quick=args.quick, layer=args.layer, progress=True)
-    paths = write_demo(result, Path(args.out))
+    model = si.load_model()
+    result = run_demo(quick=args.quick, steps=args.steps, model=model, progress=True)
+    paths = write_demo(result, Path(args.out), model=model)
     print(result.summary())
     print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.time() - t0:.0f} s")
     return 0
@@ -47,14 +49,78 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import steerinterp as si
+    from steerinterp.rl import TrainConfig, Trainer
+    from steerinterp.rl.distributed import init_from_env
+    from steerinterp.tasks import load_task
+
+    _threads(args.threads)
+    device = f"cuda:{torch_local_rank()}" if _cuda() else "cpu"
+    dist = init_from_env(device)
+    task = load_task(args.task, verifier=args.verifier, seed=args.seed)
+    cfg = TrainConfig(
+        steps=args.steps, layers=args.layers, parametrisation=args.parametrisation, lr=args.lr,
+        group_size=args.group_size, prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, advantage=args.advantage, checkpoint_every=args.checkpoint_every,
+        full_params=args.full_params.split(",") if args.full_params else None,
+    )
+    cfg.validate()
+    model = si.load_model(args.model, device=device)
+    from steerinterp.steering import resolve_layers
+
+    resolve_layers(model, args.layers)  # a wrong layer fails before any work
+    result = Trainer(model, task, cfg, args.out, dist=dist).train(resume=args.resume)
+    if dist.is_main:
+        df = result.to_frame()
+        last = df.tail(5)
+        print(f"trained {len(df)} steps on {task.name}: training accuracy {df['accuracy'].head(5).mean():.2f} "
+              f"(first 5 steps) -> {last['accuracy'].mean():.2f} (last 5); vectors in {Path(args.out) / 'final'}")
+    return 0
+
+
+def torch_local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_eval(args) -> int:
+    import steerinterp as si
+    from steerinterp.evaluate import evaluate
+    from steerinterp.tasks import load_task
+
+    _threads(args.threads)
+    model = si.load_model(args.model)
+    task = load_task(args.task, verifier=args.verifier, seed=args.seed)
+    variants = {"base": None}
+    for path in args.vectors or []:
+        p = Path(path)
+        variants[p.parent.name if p.name == "final" else p.name] = si.SteeringSet.load(p, model=model)
+    problems = list(task.test)[: args.limit] if args.limit else None
+    res = evaluate(model, task, variants, problems=problems, samples=args.samples,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(res.to_frame().to_string(index=False))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        res.details().to_csv(args.out, index=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steerinterp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="the main job on the embedded model: steer, generate, compare, write results")
     d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    d.add_argument("--quick", action="store_true", help="a reduced run in about a minute")
-    d.add_argument("--layer", type=int, default=None, help="layer of the demo vector (default: the last)")
+    d.add_argument("--quick", action="store_true", help="a reduced run in a few minutes (8 RL steps)")
+    d.add_argument("--steps", type=int, default=None, help="RL steps (default 40, or 8 with --quick)")
     d.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     d.set_defaults(func=cmd_demo)
 
@@ -68,6 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="RL-train steering vectors (RLOO) on a task; torchrun for several processes")
+    t.add_argument("--model", default=None, help="embedded (default), tiny, a local HF directory or a TL name")
+    t.add_argument("--task", default="arithmetic", help="arithmetic[:LEVEL] | gsm8k:PATH[,TEST] | math:PATH")
+    t.add_argument("--verifier", default=None, choices=["boxed", "last_number"], help="default: the task's")
+    t.add_argument("--layers", default="all", help="all | 12 | 3,7")
+    t.add_argument("--parametrisation", default="vector", choices=["vector", "adaptive", "full"])
+    t.add_argument("--full-params", default=None, help="for --parametrisation full: comma-separated name parts")
+    t.add_argument("--steps", type=int, default=40)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--group-size", type=int, default=8)
+    t.add_argument("--prompts-per-step", type=int, default=8)
+    t.add_argument("--max-new-tokens", type=int, default=32)
+    t.add_argument("--advantage", default="rloo", choices=["rloo", "grpo", "grpo_no_std"])
+    t.add_argument("--checkpoint-every", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True)
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--threads", type=int, default=None)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="held-out accuracy of the base model and saved vectors")
+    e.add_argument("--model", default=None)
+    e.add_argument("--task", default="arithmetic")
+    e.add_argument("--verifier", default=None, choices=["boxed", "last_number"])
+    e.add_argument("--vectors", nargs="*", help="directories written by SteeringSet.save / train (DIR/final)")
+    e.add_argument("--samples", type=int, default=4, help="sampled completions per problem (avg@k)")
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--limit", type=int, default=None, help="evaluate on the first N test problems")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="CSV of every completion")
+    e.add_argument("--threads", type=int, default=None)
+    e.set_defaults(func=cmd_eval)
     return p
 
 

@@ -1,10 +1,11 @@
-"""The main job, ``steerinterp demo``, on the embedded model.
+"""The main job, ``steerinterp demo``: RL-train steering vectors on the embedded model and compare.
 
-Today it shows the papers' last-layer finding by construction: a vector along the unembedding row of
-"Step", added after the last block at every position, substitutes the first generated token. The demo
-sweeps its norm, measures P("Step") at generation position 0 (teacher-forced) and the greedy
-completions, and writes the vectors, the completions and a summary. Later stages (RL training,
-analyses, the HTML report) extend it.
+1. Load the embedded SmolLM2-135M-Instruct (frozen).
+2. Evaluate it on held-out single-digit addition (greedy and sampled at T=1).
+3. Train one steering vector per layer with RLOO (the papers' recipe), weights frozen.
+4. Evaluate again with the vectors and collect example completions before / after.
+
+``quick`` trains 8 steps instead of 40 (a few minutes on 2 CPU cores instead of about 20).
 """
 
 from __future__ import annotations
@@ -13,97 +14,73 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-DEMO_QUESTIONS = [
-    "What is 3 + 4? Answer with just the number.",
-    "What is 12*7? Think step by step.",
-    "Tom has 3 apples and buys 5 more. How many apples does he have?",
-    "A train travels 60 km in one hour. How far does it travel in 3 hours?",
-    "What is 9 + 8? Answer with just the number.",
-    "Sara reads 12 pages a day. How many pages does she read in a week?",
-]
-
 
 @dataclass
 class DemoResult:
     model_name: str
-    layer: int
-    token: str
-    scales: list[float]
-    rows: list[dict] = field(default_factory=list)
-    vectors: dict = field(default_factory=dict)  # scale -> SteeringSet
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
+    task: str
+    steps: int
+    evaluation: object  # EvalResult
+    training: object  # TrainResult
+    examples: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
-        df = self.to_frame()
+        df = self.evaluation.to_frame()
+        tr = self.training.to_frame()
         lines = [
-            f"steerinterp demo on {self.model_name}: a vector along W_U[{self.token!r}] added after block {self.layer}",
+            f"steerinterp demo: {self.model_name}, {self.task}, {self.steps} RLOO steps on steering vectors "
+            f"(all weights frozen)",
             "",
-            "scale | mean P(first token = %r) | greedy completions starting with it" % self.token,
+            df.to_string(index=False, float_format=lambda x: f"{x:.3f}"),
+            "",
+            f"training accuracy: {tr['accuracy'].head(3).mean():.2f} (first 3 steps) -> "
+            f"{tr['accuracy'].tail(3).mean():.2f} (last 3); completion length {tr['completion_len'].iloc[0]:.1f} -> "
+            f"{tr['completion_len'].iloc[-1]:.1f} tokens; per step {tr['seconds_sampling'].mean():.1f} s sampling + "
+            f"{tr['seconds_gradient'].mean():.1f} s gradient",
+            "",
+            "examples (greedy):",
         ]
-        for s, g in df.groupby("scale"):
-            starts = sum(c.lstrip().startswith(self.token) for c in g["completion"])
-            lines.append(f"{s:5g} | {g['p_first_token'].mean():.3f} | {starts}/{len(g)}")
-        lines += ["", "examples (first prompt):"]
-        first = df[df["prompt_index"] == 0]
-        for _, r in first.iterrows():
-            lines.append(f"  scale {r['scale']:g}: {r['completion'][:90]!r}")
+        for e in self.examples:
+            lines.append(f"  {e['question']}  (answer {e['answer']})")
+            lines.append(f"    base:    {e['base']!r}")
+            lines.append(f"    steered: {e['steered']!r}")
         return "\n".join(lines)
 
 
-def run_demo(*, quick: bool = False, layer: int | None = None, token: str = "Step", progress: bool = False,
-             model=None) -> DemoResult:
+def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progress: bool = False,
+             samples: int | None = None) -> DemoResult:
     import steerinterp as si
+    from steerinterp.evaluate import evaluate
+    from steerinterp.rl import TrainConfig, Trainer
+    from steerinterp.tasks import arithmetic_task
 
     model = model or si.load_model()
-    layer = model.cfg.n_layers - 1 if layer is None else layer
-    questions = DEMO_QUESTIONS[:3] if quick else DEMO_QUESTIONS
-    scales = [0.0, 32.0] if quick else [0.0, 16.0, 32.0, 48.0]
-    max_new = 24 if quick else 48
-    ids = model.tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise si.SteerInterpError(f"{token!r} is {len(ids)} tokens for this tokenizer; pick a single-token word")
-    direction = model.W_U[:, ids[0]].detach()
-    direction = direction / direction.norm()
-    prompts = si.chat_prompts(model, questions)
-    result = DemoResult(getattr(model.cfg, "model_name", "model"), layer, token, scales)
-    for scale in scales:
-        vecs = si.SteeringSet.from_tensors(model, {layer: direction * scale})
-        out = si.generate(model, prompts, steering=vecs, max_new_tokens=max_new, temperature=0, progress=progress)
-        p_first = _first_token_prob(model, out, vecs, ids[0])
-        result.vectors[scale] = vecs
-        for i, (q, text) in enumerate(zip(questions, out.texts)):
-            result.rows.append({"scale": scale, "prompt_index": i, "question": q, "completion": text,
-                                "p_first_token": float(p_first[i])})
-    return result
+    task = arithmetic_task("add1")
+    steps = steps if steps is not None else (8 if quick else 40)
+    samples = samples if samples is not None else (2 if quick else 4)
+    result = Trainer(model, task, TrainConfig(steps=steps), progress=progress).train()
+    vecs = result.steering.detached()
+    ev = evaluate(model, task, {"base": None, "steered": vecs}, samples=samples)
+    details = ev.details()
+    greedy = details[details["mode"] == "greedy"]
+    examples = []
+    for p in list(task.test)[:4]:
+        rows = greedy[greedy["problem"] == p.id].set_index("variant")["completion"]
+        examples.append({"question": p.question, "answer": p.answer, "base": rows["base"], "steered": rows["steered"]})
+    return DemoResult(getattr(model.cfg, "model_name", "model"), task.name, steps, ev, result, examples)
 
 
-@torch.no_grad()
-def _first_token_prob(model, out, vecs, token_id: int) -> torch.Tensor:
-    """P(token) at generation position 0 (the logits at the last prompt token), steered."""
-    import steerinterp as si
-
-    prompt_tokens = out.tokens[:, : out.prompt_length]
-    mask = out.attention_mask[:, : out.prompt_length]
-    with vecs.applied(model, attention_mask=mask, prompt_mask=mask.bool()):
-        logits = model(prompt_tokens, attention_mask=mask)[:, -1]
-    del si
-    return torch.softmax(logits.float(), -1)[:, token_id].cpu()
-
-
-def write_demo(result: DemoResult, out: Path) -> list[Path]:
+def write_demo(result: DemoResult, out: Path, model=None) -> list[Path]:
+    """Write the vectors, metrics, evaluation table and summary under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for scale, vecs in result.vectors.items():
-        if scale:
-            paths.append(vecs.save(out / f"vector_scale{scale:g}", info={"demo_token": result.token, "scale": scale}))
-    comp = out / "completions.jsonl"
-    comp.write_text("".join(json.dumps(r) + "\n" for r in result.rows))
-    summ = out / "summary.txt"
-    summ.write_text(result.summary() + "\n")
-    return paths + [comp, summ]
+    vec_path = result.training.steering.save(out / "vectors", model=model, info={"task": result.task})
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(m) + "\n" for m in result.training.metrics))
+    table = out / "evaluation.csv"
+    result.evaluation.details().to_csv(table, index=False)
+    summary = out / "summary.txt"
+    summary.write_text(result.summary() + "\n")
+    return [vec_path, metrics, table, summary]
+
+
+__all__ = ["DemoResult", "run_demo", "write_demo"]

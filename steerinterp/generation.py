@@ -339,7 +339,7 @@ def _final_residual_shared_prompts(model, tokens, attention_mask, prompt_length:
     """Residual after the last block, running each distinct prompt once (KV cache copied to its rows)."""
     from transformer_lens import TransformerLensKeyValueCache
 
-    n, p = model.cfg.n_layers, prompt_length
+    p = prompt_length
     ptoks, pmask = tokens[:, :p], attention_mask[:, :p]
     first, group = unique_rows(ptoks, pmask)
     ctx = TokenContext.from_masks(pmask[first], pmask[first].bool())

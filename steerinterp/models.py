@@ -11,7 +11,9 @@ Hugging Face basis; ``processed=True`` gives TransformerLens's folded/centred we
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -69,8 +71,20 @@ def load_model(
             ``TransformerBridge`` around the HF model, the class TransformerLens 4.x keeps; local
             checkpoints, ``tiny`` and the embedded model only).
     """
+    from transformers.utils import logging as hf_logging
+
     device = torch.device(device) if device is not None else default_device()
     key = str(name) if name is not None else EMBEDDED
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for a local file are noise
+    try:
+        return _load(key, processed, device, dtype, n_ctx, tiny, backend)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(key, processed, device, dtype, n_ctx, tiny, backend):
     if backend not in ("hooked", "bridge"):
         raise ModelLoadError(f"backend={backend!r}; use 'hooked' or 'bridge'")
     if backend == "bridge":
@@ -187,7 +201,8 @@ def _load_hf_directory(directory: Path, processed: bool, device, dtype, n_ctx: i
         fold_value_biases=processed,
         refactor_factored_attn_matrices=False,
     )
-    model.to(device)
+    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
+        model.to(device)
     return model
 
 

@@ -216,14 +216,9 @@ def test_skipping_the_frozen_prefix_changes_nothing(tiny64, layers):
     g = torch.Generator().manual_seed(3)
     out = si.generate(tiny64, PROMPTS, max_new_tokens=6, seed=0)
     grads, lps = [], []
+    values = {layer: torch.randn(64, generator=g, dtype=torch.float64) for layer in layers}
     for skip in (True, False):
-        vecs = si.SteeringSet.from_tensors(
-            tiny64, {layer: torch.randn(64, generator=g, dtype=torch.float64) for layer in layers}, trainable=True
-        )
-        if grads:  # same values for both runs
-            for v, w in zip(vecs, prev):
-                v.vector.data.copy_(w)
-        prev = [v.vector.detach().clone() for v in vecs]
+        vecs = si.SteeringSet.from_tensors(tiny64, values, trainable=True)
         lp = si.teacher_forced_logprobs(tiny64, out.tokens, out.completion_mask, vecs,
                                         attention_mask=out.attention_mask, skip_frozen_prefix=skip)
         (lp.sum()).backward()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import steerinterp as si
-from steerinterp.errors import SteerInterpError, SteeringFileError
+from steerinterp.errors import SteeringFileError, SteerInterpError
 from tests.conftest import tokens_of
 
 TEXTS = ["hello world, this is a test", "short"]

@@ -23,13 +23,17 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_from_env() -> DistInfo:
-    """Join the process group torchrun describes (RANK / WORLD_SIZE); a single process otherwise."""
+def init_from_env(device: torch.device | str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK / WORLD_SIZE); a single process otherwise.
+
+    The backend follows the model's device: nccl for CUDA, gloo for CPU.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        backend = "nccl" if on_cuda else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)

@@ -119,7 +119,16 @@ def sample_seed(seed: int, step: int, slot: int, sample: int) -> int:
 
 
 def select_full_params(model, patterns: Sequence[str] | None) -> dict[str, torch.nn.Parameter]:
-    named = dict(model.named_parameters())
+    """Parameters whose names contain one of ``patterns`` (all when None).
+
+    TransformerLens gives Llama-style blocks bias parameters (``b_Q``, ``b_in``, ...) that are
+    structurally zero and absent from the original model; they are left out unless named in full.
+    """
+    named = {
+        n: p
+        for n, p in model.named_parameters()
+        if not (n.rsplit(".", 1)[-1].startswith("b_") and not p.detach().any() and n not in (patterns or ()))
+    }
     if not patterns:
         return named
     chosen = {n: p for n, p in named.items() if any(pat in n for pat in patterns)}
@@ -138,7 +147,7 @@ class Trainer:
         self.config.validate()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
-        self.dist = dist or init_from_env()
+        self.dist = dist or init_from_env(next(model.parameters()).device)
         if self.config.prompts_per_step % self.dist.world_size:
             raise SteerInterpError(
                 f"prompts_per_step={self.config.prompts_per_step} must divide evenly over {self.dist.world_size} processes"

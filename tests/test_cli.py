@@ -1,0 +1,41 @@
+import subprocess
+import sys
+
+import pytest
+
+from steerinterp.cli import main
+
+
+def _run(args):
+    return subprocess.run([sys.executable, "-m", "steerinterp.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "tiny", "--layers", "9", "--out", "{tmp}/a"], "layer 9 is out of range"),
+        (["train", "--model", "tiny", "--task", "gsm8k:/no/such.jsonl", "--out", "{tmp}/b"], "does not exist"),
+        (["train", "--model", "tiny", "--task", "sudoku", "--out", "{tmp}/c"], "unknown task"),
+        (["train", "--model", "tiny", "--group-size", "1", "--out", "{tmp}/d"], "group_size"),
+        (["generate", "hi", "--model", "tiny", "--vectors", "{tmp}/missing"], "no steering file"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, args, message):
+    proc = _run([a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("steerinterp: error:") and message in err[0], proc.stderr
+
+
+def test_train_eval_generate_on_the_tiny_model(tmp_path, capsys):
+    assert main(["train", "--model", "tiny", "--steps", "2", "--group-size", "2", "--prompts-per-step", "2",
+                 "--max-new-tokens", "3", "--layers", "1,3", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "final" / "vectors.safetensors").is_file()
+    assert main(["train", "--model", "tiny", "--steps", "3", "--group-size", "2", "--prompts-per-step", "2",
+                 "--max-new-tokens", "3", "--layers", "1,3", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert main(["eval", "--model", "tiny", "--vectors", str(tmp_path / "run" / "final"), "--samples", "1",
+                 "--limit", "3", "--max-new-tokens", "3", "--out", str(tmp_path / "eval.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "base" in out and "run" in out and (tmp_path / "eval.csv").is_file()
+    assert main(["generate", "hello", "--model", "tiny", "--max-new-tokens", "3",
+                 "--vectors", str(tmp_path / "run" / "final")]) == 0

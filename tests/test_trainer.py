@@ -1,0 +1,175 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import steerinterp as si
+from steerinterp.errors import SteerInterpError
+from steerinterp.rl import TrainConfig, Trainer
+from steerinterp.tasks import Problem, Task
+
+PROMPTS = ["hello there", "what is this", "a b c", "tell me", "the cat", "one two", "xyz", "good day"]
+
+
+class FirstTokenTask(Task):
+    """Correct when the first generated token is one of ``good``: a task a tiny random model can learn."""
+
+    def __init__(self, good: set[str]):
+        super().__init__(name="first-token", train=[Problem(p, "0", id=p) for p in PROMPTS],
+                         test=[Problem(p, "0", id=p) for p in PROMPTS[:4]], verifier="last_number")
+        self.good = good
+
+    def prompts(self, model, problems):
+        return [p.question for p in problems]
+
+    def is_correct(self, completion, problem):
+        return completion[:1] in self.good
+
+    def reward(self, completion, problem):
+        return 1.0 if self.is_correct(completion, problem) else -1.0
+
+
+def _good_set(model) -> set[str]:
+    out = si.generate(model, PROMPTS * 8, max_new_tokens=1, seed=123)
+    counts = {}
+    for t in out.texts:
+        counts[t[:1]] = counts.get(t[:1], 0) + 1
+    good, mass = set(), 0
+    for ch, c in sorted(counts.items(), key=lambda kv: -kv[1])[2:]:  # skip the most likely ones
+        good.add(ch)
+        mass += c / len(out.texts)
+        if mass >= 0.2:
+            break
+    return good
+
+
+def _cfg(**kw):
+    base = dict(steps=4, lr=0.05, group_size=4, prompts_per_step=4, max_new_tokens=4, seed=0, warmup_ratio=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_end_to_end_learns_and_saves(tiny, tmp_path):
+    task = FirstTokenTask(_good_set(tiny))
+    cfg = _cfg(steps=25, lr=0.1, group_size=8, prompts_per_step=8, max_new_tokens=2)
+    result = Trainer(tiny, task, cfg, tmp_path / "run", progress=False).train()
+    df = result.to_frame()
+    assert len(df) == 25
+    assert df["accuracy"].tail(5).mean() > df["accuracy"].head(5).mean() + 0.25
+    assert df["vector_norm_mean"].iloc[-1] > 0
+    loaded = si.SteeringSet.load(tmp_path / "run" / "final", model=tiny)
+    for a, b in zip(loaded, result.steering):
+        assert torch.equal(a.vector, b.vector.detach())
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 25
+    m = json.loads(lines[-1])
+    for key in ("reward_mean", "accuracy", "adv_mean", "adv_std", "vector_norms", "grad_norm", "tokens",
+                "completion_len", "seconds_sampling", "seconds_gradient"):
+        assert key in m
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_resume_after_interruption_gives_the_same_vectors(tiny, tmp_path, monkeypatch):
+    task = FirstTokenTask(_good_set(tiny))
+    full = Trainer(tiny, task, _cfg(steps=5), tmp_path / "full", progress=False).train()
+
+    calls = {"n": 0}
+    real = FirstTokenTask.reward
+
+    def flaky(self, completion, problem):  # dies in the middle of step 3 (after 2 checkpoints)
+        calls["n"] += 1
+        if calls["n"] == 2 * 16 + 5:
+            raise KeyboardInterrupt
+        return real(self, completion, problem)
+
+    monkeypatch.setattr(FirstTokenTask, "reward", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny, task, _cfg(steps=5), tmp_path / "cut", progress=False).train()
+    monkeypatch.setattr(FirstTokenTask, "reward", real)
+    with pytest.raises(SteerInterpError, match="already holds a run"):
+        Trainer(tiny, task, _cfg(steps=5), tmp_path / "cut", progress=False).train()
+    resumed = Trainer(tiny, task, _cfg(steps=5), tmp_path / "cut", progress=False).train(resume=True)
+    for a, b in zip(full.steering, resumed.steering):
+        assert torch.equal(a.vector, b.vector)
+    assert [m["reward_mean"] for m in full.metrics] == [m["reward_mean"] for m in resumed.metrics]
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 5
+    with pytest.raises(SteerInterpError, match="cannot resume: lr"):
+        Trainer(tiny, task, _cfg(steps=6, lr=0.5), tmp_path / "cut", progress=False).train(resume=True)
+
+
+def test_adaptive_parametrisation_starts_at_zero_effect_and_trains(tiny, tmp_path):
+    from steerinterp.adaptive import AdaptiveSteering
+
+    task = FirstTokenTask(_good_set(tiny))
+    ad = AdaptiveSteering.init(tiny, [1, 3])
+    toks = torch.tensor([[72, 101, 108, 108]])
+    with torch.no_grad(), ad.applied(tiny):
+        assert torch.equal(tiny(toks), tiny(toks))  # b = 0: no effect
+    result = Trainer(tiny, task, _cfg(parametrisation="adaptive", layers=[1, 3], lr=0.05), tmp_path / "ad",
+                     progress=False).train()
+    assert all(result.steering.b[k].abs().sum() > 0 for k in (1, 3))
+    # the fast engine's down_proj hook and the TransformerLens hooks agree
+    a = si.generate(tiny, PROMPTS, steering=result.steering, max_new_tokens=6, temperature=0, engine="hf")
+    b = si.generate(tiny, PROMPTS, steering=result.steering, max_new_tokens=6, temperature=0, engine="hooked")
+    assert a.completion_tokens == b.completion_tokens
+    loaded = AdaptiveSteering.load(tmp_path / "ad" / "final" / "adaptive.safetensors", model=tiny)
+    assert torch.equal(loaded.b[3], result.steering.b[3].detach())
+
+
+def test_full_fine_tuning_baseline_updates_named_weights(tmp_path):
+    model = si.load_model("tiny", device="cpu")
+    task = FirstTokenTask(_good_set(model))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = Trainer(model, task, _cfg(parametrisation="full", full_params=["blocks.3.mlp"], lr=1e-3, steps=2),
+                     tmp_path / "ft", progress=False).train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("blocks.3.mlp") for n in changed)
+    assert result.steering is None and (tmp_path / "ft" / "final" / "weights.safetensors").is_file()
+    with pytest.raises(SteerInterpError, match="no parameter name contains"):
+        Trainer(model, task, _cfg(parametrisation="full", full_params=["nope"]))
+
+
+def test_bad_configs(tiny):
+    task = FirstTokenTask({"a"})
+    with pytest.raises(SteerInterpError, match="group_size"):
+        Trainer(tiny, task, _cfg(group_size=1))
+    with pytest.raises(SteerInterpError, match="parametrisation"):
+        Trainer(tiny, task, _cfg(parametrisation="lora"))
+    with pytest.raises(SteerInterpError, match="out of range"):
+        Trainer(tiny, task, _cfg(layers=[7]))
+
+
+DIST_SCRIPT = r"""
+import sys, torch
+torch.set_num_threads(1)
+import steerinterp as si
+from steerinterp.rl import TrainConfig, Trainer
+sys.path.insert(0, {tests!r})
+from test_trainer import FirstTokenTask, _cfg
+model = si.load_model("tiny", device="cpu")
+task = FirstTokenTask({good!r})
+res = Trainer(model, task, _cfg(steps=3), {out!r}, progress=False).train()
+"""
+
+
+@pytest.mark.timeout(600)
+def test_two_gloo_processes_match_one(tiny, tmp_path):
+    good = _good_set(tiny)
+    single = Trainer(tiny, FirstTokenTask(good), _cfg(steps=3), tmp_path / "one", progress=False).train()
+    script = tmp_path / "dist_train.py"
+    script.write_text(DIST_SCRIPT.format(tests=str(Path(__file__).parent), good=good, out=str(tmp_path / "two")))
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = si.SteeringSet.load(tmp_path / "two" / "final")
+    for a, b in zip(single.steering, two):
+        assert torch.allclose(a.vector.detach(), b.vector, atol=1e-5), (a.vector - b.vector).abs().max()
+    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["accuracy"] for m in m1] == [m["accuracy"] for m in m2]
