@@ -103,7 +103,8 @@ def cmd_eval(args) -> int:
     for path in args.vectors or []:
         p = Path(path)
         variants[p.parent.name if p.name == "final" else p.name] = si.SteeringSet.load(p, model=model)
-    problems = list(task.test)[: args.limit] if args.limit else None
+    pool = {"test": list(task.test), "train": list(task.train), "all": list(task.test) + list(task.train)}[args.split]
+    problems = pool[: args.limit] if args.limit else pool
     res = evaluate(model, task, variants, problems=problems, samples=args.samples,
                    max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(res.to_frame().to_string(index=False))
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vectors", nargs="*", help="directories written by SteeringSet.save / train (DIR/final)")
     e.add_argument("--samples", type=int, default=4, help="sampled completions per problem (avg@k)")
     e.add_argument("--max-new-tokens", type=int, default=32)
-    e.add_argument("--limit", type=int, default=None, help="evaluate on the first N test problems")
+    e.add_argument("--split", default="test", choices=["test", "train", "all"], help="which problems (default: held-out)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate on the first N problems of the split")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="CSV of every completion")
     e.add_argument("--threads", type=int, default=None)

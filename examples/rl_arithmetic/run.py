@@ -29,6 +29,9 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--layers", default="all")
+    ap.add_argument("--parametrisation", default="vector", choices=["vector", "adaptive", "full"],
+                    help="full = the papers' full fine-tuning baseline (same RL loop on the weights)")
+    ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="runs/rl_arithmetic", help="training output (checkpoints, vectors)")
@@ -41,17 +44,21 @@ def main():
     task = arithmetic_task(args.level)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"level": args.level, "task": repr(task), "steps": args.steps, "lr": args.lr, "seeds": {}}
-    t = time.time()
-    base = evaluate(model, task, {"base": None}, samples=args.eval_samples).to_frame()
-    summary["base"] = base.to_dict("records")[0]
-    print(base.to_string(index=False), f"({time.time() - t:.0f} s)", flush=True)
+    tag = args.level if args.parametrisation == "vector" else f"{args.level}-{args.parametrisation}"
+    summary = {"level": args.level, "task": repr(task), "steps": args.steps, "lr": args.lr,
+               "parametrisation": args.parametrisation, "seeds": {}}
+    if not args.skip_base:
+        t = time.time()
+        base = evaluate(model, task, {"base": None}, samples=args.eval_samples).to_frame()
+        summary["base"] = base.to_dict("records")[0]
+        print(base.to_string(index=False), f"({time.time() - t:.0f} s)", flush=True)
     for seed in args.seeds:
-        cfg = TrainConfig(steps=args.steps, lr=args.lr, layers=args.layers, seed=seed)
-        run_dir = Path(args.runs) / f"{args.level}-seed{seed}"
+        cfg = TrainConfig(steps=args.steps, lr=args.lr, layers=args.layers, seed=seed, parametrisation=args.parametrisation)
+        run_dir = Path(args.runs) / f"{tag}-seed{seed}"
         result = Trainer(model, task, cfg, run_dir).train(resume=args.resume)
         df = result.to_frame()
-        ev = evaluate(model, task, {"steered": result.steering.detached()}, samples=args.eval_samples).to_frame()
+        variant = {"steered": result.steering.detached()} if result.steering is not None else {"fine-tuned": None}
+        ev = evaluate(model, task, variant, samples=args.eval_samples).to_frame()
         row = ev.to_dict("records")[0]
         row.update({
             "sec_sampling_per_step": float(df["seconds_sampling"].mean()),
@@ -62,13 +69,13 @@ def main():
             "first_step_acc_85": int(df.index[df["accuracy"] >= 0.85][0]) if (df["accuracy"] >= 0.85).any() else None,
             "completion_len_first": float(df["completion_len"].iloc[0]),
             "completion_len_last": float(df["completion_len"].iloc[-1]),
-            "vector_norm_mean": float(df["vector_norm_mean"].iloc[-1]),
+            "vector_norm_mean": float(df["vector_norm_mean"].iloc[-1]) if "vector_norm_mean" in df else None,
             "example": df["example"].iloc[-1],
         })
         summary["seeds"][seed] = row
-        df.drop(columns=["example"]).to_csv(out / f"{args.level}-seed{seed}-metrics.csv", index=False)
+        df.drop(columns=["example"]).to_csv(out / f"{tag}-seed{seed}-metrics.csv", index=False)
         print(json.dumps(row, indent=1), flush=True)
-        (out / f"{args.level}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / f"{tag}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 if __name__ == "__main__":
