@@ -87,13 +87,10 @@ def run_demo(*, quick: bool = False, layer: int | None = None, token: str = "Ste
 @torch.no_grad()
 def _first_token_prob(model, out, vecs, token_id: int) -> torch.Tensor:
     """P(token) at generation position 0 (the logits at the last prompt token), steered."""
-    import steerinterp as si
-
     prompt_tokens = out.tokens[:, : out.prompt_length]
     mask = out.attention_mask[:, : out.prompt_length]
     with vecs.applied(model, attention_mask=mask, prompt_mask=mask.bool()):
         logits = model(prompt_tokens, attention_mask=mask)[:, -1]
-    del si
     return torch.softmax(logits.float(), -1)[:, token_id].cpu()
 
 
