@@ -39,7 +39,7 @@ def _check_supported(model) -> None:
     if getattr(cfg, "use_NTK_by_parts_rope", False) or (cfg.rotary_dim or cfg.d_head) != cfg.d_head:
         raise MirrorUnsupported("rope scaling / partial rotary is not mirrored")
     for name, p in model.named_parameters():
-        if name.split(".")[-1].startswith("b_") and p.abs().max() > 0:
+        if name.split(".")[-1].lstrip("_").startswith("b_") and p.abs().max() > 0:  # b_Q, _b_K, b_in, ...
             raise MirrorUnsupported(f"non-zero bias {name}")
 
 

@@ -131,6 +131,11 @@ def test_full_fine_tuning_baseline_updates_named_weights(tmp_path):
     assert result.steering is None and (tmp_path / "ft" / "final" / "weights.safetensors").is_file()
     with pytest.raises(SteerInterpError, match="no parameter name contains"):
         Trainer(model, task, _cfg(parametrisation="full", full_params=["nope"]))
+    # structurally-zero TransformerLens biases (b_Q, _b_K, _b_V, b_in, ...) are not "the model's weights"
+    from steerinterp.rl.trainer import select_full_params
+
+    names = select_full_params(model, None)
+    assert names and not [n for n in names if n.rsplit(".", 1)[-1].lstrip("_").startswith("b_")]
 
 
 def test_bad_configs(tiny):

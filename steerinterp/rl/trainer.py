@@ -127,7 +127,7 @@ def select_full_params(model, patterns: Sequence[str] | None) -> dict[str, torch
     named = {
         n: p
         for n, p in model.named_parameters()
-        if not (n.rsplit(".", 1)[-1].startswith("b_") and not p.detach().any() and n not in (patterns or ()))
+        if not (n.rsplit(".", 1)[-1].lstrip("_").startswith("b_") and not p.detach().any() and n not in (patterns or ()))
     }
     if not patterns:
         return named
