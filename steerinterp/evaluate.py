@@ -96,5 +96,3 @@ def evaluate(
                                     "correct": bool(task.is_correct(text, p)), "n_tokens": lengths[i],
                                     "completion": text})
     return result
-
-

@@ -236,6 +236,8 @@ def choose_engine(model, engine: str, vecs):
         return HookedEngine(model)
     if not HFEngine.supports(vecs):
         if engine == "hf":
+            if not hasattr(vecs, "hf_hook_specs"):
+                raise SteerInterpError(f"engine='hf' cannot apply {type(vecs).__name__}; use engine='hooked'")
             vecs.hf_hook_specs(None)  # raises the message naming the hook
         return HookedEngine(model)
     try:
