@@ -75,10 +75,12 @@ def evaluate(
     max_new_tokens: int = 32,
     temperature: float = 1.0,
     batch_size: int = 64,
+    engine="auto",
 ) -> EvalResult:
     """Evaluate each variant (``{"base": None, "steered": vecs}``) on the test split.
 
     ``samples`` sampled completions per problem at ``temperature`` give avg@k (one seed each).
+    ``engine`` is passed to ``generate`` (a name, or an engine object such as a ``PatchedEngine``).
     """
     variants = {"base": None} if variants is None else dict(variants)
     problems = list(task.test if problems is None else problems)
@@ -89,7 +91,8 @@ def evaluate(
         for mode, s in modes:
             seeds = None if s is None else [s * 100_003 + i for i in range(len(prompts))]
             out = generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens,
-                           temperature=0.0 if mode == "greedy" else temperature, seed=seeds, batch_size=batch_size)
+                           temperature=0.0 if mode == "greedy" else temperature, seed=seeds, batch_size=batch_size,
+                           engine=engine)
             lengths = out.completion_lengths.tolist()
             for i, (p, text) in enumerate(zip(problems, out.texts)):
                 result.rows.append({"variant": name, "mode": mode, "seed": s, "problem": p.id or i,

@@ -119,7 +119,7 @@ def generate(
     top_p: float = 1.0,
     seed: int | Sequence[int] | None = None,
     stop_at_eos: bool = True,
-    engine: str = "auto",
+    engine: str | object = "auto",
     batch_size: int | None = None,
     progress: bool = False,
 ) -> GenerationOutput:
@@ -132,7 +132,8 @@ def generate(
         seed: an int seeds a private generator (the global RNG is untouched); a sequence gives one seed
             per prompt, making each completion independent of batching; None uses the global RNG.
         engine: ``auto`` (the fast HF mirror when it applies, else the HookedTransformer),
-            ``hooked``, ``hf`` or ``bridge``. All run the same sampler on the same logits.
+            ``hooked``, ``hf`` or ``bridge``, or an engine object (e.g. ``analysis.PatchedEngine``). All run
+            the same sampler on the same logits.
         batch_size: split the prompts into chunks of this size (memory); None = all at once.
     """
     check_sampling_args(temperature, top_p)

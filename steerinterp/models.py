@@ -323,3 +323,29 @@ def tiny_checkpoint(cfg: TinyConfig = TinyConfig()) -> Path:
         tok.save_pretrained(str(tmp))
         (tmp / "steerinterp_manifest.json").write_text(json.dumps(asdict(cfg)))
     return directory
+
+
+def load_finetuned(path: str | os.PathLike, base: str | os.PathLike | None = None, **load_kwargs):
+    """A model with the weights of a full fine-tuning run (``TrainConfig(parametrisation="full")``).
+
+    ``path``: the run's ``final`` directory (or the ``weights.safetensors`` in it); ``base``: the model
+    the run started from (default: the embedded model), loaded with ``load_model(base, **load_kwargs)``.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / "weights.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise ModelLoadError(f"no fine-tuned weights at {file}; give the 'final' directory of a --parametrisation full run")
+    tensors = load_file(str(file))
+    model = load_model(base, **load_kwargs)
+    params = dict(model.named_parameters())
+    for name, t in tensors.items():
+        if name not in params:
+            raise ModelLoadError(f"{file} has weights for {name!r}, which this model lacks; was it trained on another model?")
+        if params[name].shape != t.shape:
+            raise ModelLoadError(f"{name} is {tuple(t.shape)} in {file} but {tuple(params[name].shape)} in the model")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t.to(params[name].device, params[name].dtype))
+    return model

@@ -224,6 +224,11 @@ def choose_engine(model, engine: str, vecs):
     """Pick the engine: ``auto`` = bridge for bridges, else the HF mirror when it applies, else hooked."""
     from steerinterp.hf_mirror import MirrorUnsupported
 
+    if not isinstance(engine, str):
+        if not all(hasattr(engine, a) for a in ("start", "forward", "steering", "expand", "name")):
+            raise SteerInterpError(
+                f"engine must be a name ({', '.join(ENGINES)}) or an engine object, got {type(engine).__name__}")
+        return engine  # a custom engine, e.g. analysis.patched_generation.PatchedEngine
     if engine not in ENGINES:
         raise SteerInterpError(f"engine={engine!r}; choose one of {', '.join(ENGINES)}")
     if is_bridge(model):

@@ -136,6 +136,17 @@ def test_full_fine_tuning_baseline_updates_named_weights(tmp_path):
 
     names = select_full_params(model, None)
     assert names and not [n for n in names if n.rsplit(".", 1)[-1].lstrip("_").startswith("b_")]
+    # the run's weights load back onto a fresh base model
+    from steerinterp.errors import ModelLoadError
+    from steerinterp.models import load_finetuned
+
+    tuned = load_finetuned(tmp_path / "ft" / "final", "tiny", device="cpu")
+    for n, p in tuned.named_parameters():
+        assert torch.equal(p, dict(model.named_parameters())[n]), n
+    with pytest.raises(ModelLoadError, match="no fine-tuned weights"):
+        load_finetuned(tmp_path, "tiny")
+    with pytest.raises(ModelLoadError, match="lacks|is \\("):
+        load_finetuned(tmp_path / "ft" / "final", "tiny", tiny=si.TinyConfig(n_layers=3))
 
 
 def test_bad_configs(tiny):

@@ -52,7 +52,9 @@ def main():
         base = evaluate(model, task, {"base": None}, samples=args.eval_samples).to_frame()
         summary["base"] = base.to_dict("records")[0]
         print(base.to_string(index=False), f"({time.time() - t:.0f} s)", flush=True)
-    for seed in args.seeds:
+    for k, seed in enumerate(args.seeds):
+        if args.parametrisation == "full" and k:
+            model = si.load_model()  # full fine-tuning trains the weights in place: each seed starts from the base
         cfg = TrainConfig(steps=args.steps, lr=args.lr, layers=args.layers, seed=seed, parametrisation=args.parametrisation)
         run_dir = Path(args.runs) / f"{tag}-seed{seed}"
         result = Trainer(model, task, cfg, run_dir).train(resume=args.resume)

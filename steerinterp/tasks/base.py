@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from steerinterp.chat import chat_prompts
 from steerinterp.errors import SteerInterpError
@@ -31,6 +31,8 @@ class Task:
         user_template: the user message, with ``{question}`` where the problem goes.
         format_bonus: added to the reward when the completion writes ``\\boxed{}`` (lenient verifier).
         zero_one: rewards 1 / 0 instead of the papers' +1 / -1.
+        assistant_prefix: text the assistant's turn starts with, written into the prompt (the papers'
+            "To" control); the verifier reads ``assistant_prefix + completion``.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Task:
     user_template: str = "{question}"
     format_bonus: float = 0.0
     zero_one: bool = False
+    assistant_prefix: str = ""
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -59,12 +62,19 @@ class Task:
         tok = getattr(model, "tokenizer", model)
         messages = [self.user_message(p) for p in problems]
         if getattr(tok, "chat_template", None):
-            return chat_prompts(tok, messages, system=self.system_prompt)
-        prefix = f"{self.system_prompt}\n\n" if self.system_prompt else ""
-        return [f"{prefix}User: {m}\nAssistant:" for m in messages]
+            prompts = chat_prompts(tok, messages, system=self.system_prompt)
+        else:
+            prefix = f"{self.system_prompt}\n\n" if self.system_prompt else ""
+            prompts = [f"{prefix}User: {m}\nAssistant:" for m in messages]
+        return [p + self.assistant_prefix for p in prompts]
+
+    def with_assistant_prefix(self, prefix: str) -> Task:
+        """The same task with every answer starting with ``prefix`` (e.g. ``"To"``), written into the prompt."""
+        return replace(self, name=f"{self.name}+prefix{prefix!r}", assistant_prefix=prefix)
 
     def extracted(self, completion: str) -> str | None:
         """The answer the verifier reads from a completion (None when there is none)."""
+        completion = self.assistant_prefix + completion
         boxed = extract_boxed(completion)
         if self.verifier == "boxed" or boxed is not None:
             return boxed
@@ -76,6 +86,7 @@ class Task:
 
     def reward(self, completion: str, problem: Problem) -> float:
         fn = VERIFIERS[self.verifier]
+        completion = self.assistant_prefix + completion
         if self.verifier == "last_number":
             return fn(completion, problem.final_answer, zero_one=self.zero_one, format_bonus=self.format_bonus)
         return fn(completion, problem.final_answer, zero_one=self.zero_one)

@@ -1,0 +1,56 @@
+"""Adaptive (token-wise) steering: where the magnitude goes along the sequence (PAPER_NOTES section 4.9).
+
+A rank-1 token-wise steering (direction b, magnitude |b| a.u_t from the MLP hidden activation) RL-trained
+on add1 at layers 10, 20 and 28 (``steerinterp train --task arithmetic:add1 --parametrisation adaptive
+--layers 10,20,28``; a copy ships in results/) is run over its own sampled completions. The heatmap
+shows m_t / mean|MLP out| per layer and token with the chat-segment borders (system, user header, user
+message, assistant header, generation); the table gives the mean |magnitude| per segment.
+
+    python examples/adaptive_magnitudes/run.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import steerinterp as si
+from steerinterp import analysis as A
+from steerinterp.adaptive import AdaptiveSteering
+from steerinterp.figures import write_figure
+from steerinterp.tasks import arithmetic_task
+
+HERE = Path(__file__).parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--adaptive", default=str(HERE / "results" / "adaptive.safetensors"))
+    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = si.load_model()
+    ad = AdaptiveSteering.load(args.adaptive, model=model)
+    task = arithmetic_task("add1")
+    problems = list(task.test)[: args.problems]
+    rollouts = si.generate(model, task.prompts(model, problems), steering=ad, max_new_tokens=32, temperature=1.0, seed=0)
+    res = A.adaptive_magnitudes(model, rollouts, ad)
+    res.to_frame().to_csv(out / "magnitudes.csv", index=False)
+    res.summary().to_csv(out / "summary.csv", index=False)
+    seg = res.by_segment()
+    seg.to_csv(out / "by_segment.csv")
+    write_figure(res.plot("heatmap", sample=0), out / "heatmap_sample0.html")
+    write_figure(res.plot("scatter"), out / "magnitude_vs_cos.html")
+    print(res.summary().to_string(index=False))
+    print(seg.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()

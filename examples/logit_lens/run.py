@@ -1,0 +1,76 @@
+"""Logit lens of RL-trained steering vectors, their statistics, their languages, and a residual-stream lens.
+
+PAPER_NOTES sections 4.3 and 4.2 (final-layer readout). Uses the all-layer vectors trained by
+``examples/rl_arithmetic`` (a copy ships in its results/), on the embedded SmolLM2-135M-Instruct.
+
+    python examples/logit_lens/run.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import steerinterp as si
+from steerinterp import analysis as A
+from steerinterp.figures import write_figure
+from steerinterp.tasks import arithmetic_task
+
+HERE = Path(__file__).parent
+VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vectors", default=str(VECTORS))
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = si.load_model()
+    vecs = si.SteeringSet.load(args.vectors, model=model)
+
+    stats = A.vector_stats(vecs)
+    stats.to_frame().to_csv(out / "vector_norms.csv", index=False)
+    write_figure(stats.plot(), out / "vector_stats.html")
+    print(f"vector norms {stats.norms.min():.3f}..{stats.norms.max():.3f}, stable rank {stats.stable_rank:.2f}")
+
+    for mode in ("raw", "norm"):
+        lens = A.vector_logit_lens(model, vecs, mode=mode, k=args.k)
+        lens.to_frame().to_csv(out / f"logit_lens_{mode}_top{args.k}.csv", index=False)
+        write_figure(lens.plot("histogram"), out / f"logit_lens_{mode}_histograms.html")
+        write_figure(lens.plot("top", layer=model.cfg.n_layers - 1), out / f"logit_lens_{mode}_last_layer.html")
+        lang = A.language_shares(lens)
+        lang.to_frame().drop(columns="scripts").to_csv(out / f"language_{mode}.csv", index=False)
+        write_figure(lang.plot(), out / f"language_{mode}.html")
+        df = lang.to_frame()
+        sup = df[df.direction == "suppressed"]
+        print(f"[{mode}] vocabulary non-English rate {lang.base_rate:.1%}; suppressed top-{args.k} non-English share "
+              f"median {sup.non_english_share.median():.1%}, layers with p<0.01: {list(sup[sup.p_value < 0.01].layer)}")
+        last = lens.to_frame(k=8)
+        last = last[last.layer == model.cfg.n_layers - 1]
+        print(f"[{mode}] last layer boosted: {list(last[last.direction == 'boosted'].token)}")
+        print(f"[{mode}] last layer suppressed: {list(last[last.direction == 'suppressed'].token)}")
+
+    # residual-stream lens on the steered model's own completions of held-out problems
+    task = arithmetic_task("add1")
+    problems = list(task.test)[: args.problems]
+    rollouts = si.generate(model, task.prompts(model, problems), steering=vecs, max_new_tokens=32, temperature=1.0, seed=0)
+    first = model.tokenizer.decode(rollouts.completion_tokens[0][:1])
+    track = ["To", first] if first != "To" else ["To"]
+    for positions in ("first", "completion"):
+        rl = A.residual_logit_lens(model, rollouts, vecs, positions=positions, track=track)
+        rl.to_frame().to_csv(out / f"residual_lens_{positions}.csv", index=False)
+        write_figure(rl.plot(), out / f"residual_lens_{positions}.html")
+        print(f"residual lens ({positions}): KL at the last layer {rl.kl[-1]:.3f}, top-1 agreement {rl.top1_agreement[-1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

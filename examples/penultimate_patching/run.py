@@ -1,0 +1,89 @@
+"""The penultimate-layer circuit: which parts of the last block carry a layer-28 vector's effect.
+
+PAPER_NOTES section 4.5 ([SV] Figs 5, 6, 20, 21). A single vector at the penultimate block (layer 28
+of 30), RL-trained on add1 (``steerinterp train --task arithmetic:add1 --layers 28 --lr 0.2 --steps 30``;
+a copy ships in results/), is patched inside the last block: Skip-Attn, Skip-Layer, Skip-Head h,
+Steer-Head h, Q/K/V per head or key-value group, and the head -> MLP-only / residual-only paths.
+Token level: KL to the base model at the first generated token and along completions. Through
+generation: held-out accuracy under each patch. Plus the attention diff of every head and the
+route attribution of the logit change (direct path vs the last block's attention and MLP).
+
+    python examples/penultimate_patching/run.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import steerinterp as si
+from steerinterp import analysis as A
+from steerinterp.figures import write_figure
+from steerinterp.tasks import arithmetic_task
+
+HERE = Path(__file__).parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vectors", default=str(HERE / "results" / "vector-layer28"))
+    ap.add_argument("--problems", type=int, default=41, help="training problems to sample completions for")
+    ap.add_argument("--samples", type=int, default=0, help="sampled evaluations per patch (greedy is always run)")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = si.load_model()
+    vec = si.SteeringSet.load(args.vectors, model=model)
+    task = arithmetic_task("add1")
+    problems = list(task.train)[: args.problems]
+    rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=32, temperature=1.0, seed=0)
+
+    shift = A.token_shift(model, rollouts, vec)
+    pos0 = shift.to_frame()
+    top = pos0[pos0["pos"] == 0]["dst"].value_counts().index[0]
+    print(f"most boosted first token: {top!r}")
+
+    patches = A.standard_patches(model)
+    summary = {}
+    for positions in ("first", "completion"):
+        res = A.block_patching(model, rollouts, vec, patches, positions=positions, track=[top])
+        res.to_frame().to_csv(out / f"patching_{positions}.csv", index=False)
+        write_figure(res.plot("retained"), out / f"patching_{positions}_skip_head.html")
+        write_figure(res.plot("retained", prefix="steer_head["), out / f"patching_{positions}_steer_head.html")
+        df = res.to_frame().set_index("patch")
+        summary[positions] = df["retained"].to_dict()
+        print(f"[{positions}] retained share of KL(steered || base): "
+              + ", ".join(f"{p} {df.loc[p, 'retained']:.2f}" for p in ("skip_attn", "skip_layer", "skip_attn->mlp",
+                                                                          "skip_attn->resid")))
+        heads = df[df.index.str.fullmatch(r"skip_head\[\d+\]")]["retained"]
+        print(f"[{positions}] skip_head retained: min {heads.min():.2f} max {heads.max():.2f}")
+
+    att = A.attention_diff(model, rollouts, vec, layers=[model.cfg.n_layers - 1])
+    att.to_frame().to_csv(out / "attention_diff_last_block.csv", index=False)
+    write_figure(att.plot(), out / "attention_diff_last_block.html")
+    routes = A.route_attribution(model, rollouts, vec, tokens=[top], positions="first")
+    routes.summary().to_csv(out / "routes_first_token.csv")
+    write_figure(routes.plot(), out / "routes_first_token.html")
+    print(routes.summary().round(3).to_string())
+
+    acc_patches = [p for p in patches if "->" not in p.name or p.name.startswith("skip_attn")]
+    acc = A.patched_accuracy(model, task, vec, acc_patches, samples=args.samples)
+    table = acc.to_frame()
+    table.to_csv(out / "patched_accuracy.csv", index=False)
+    write_figure(acc.plot(), out / "patched_accuracy_skip_head.html")
+    write_figure(acc.plot(prefix="steer_head["), out / "patched_accuracy_steer_head.html")
+    write_figure(acc.plot(prefix="k["), out / "patched_accuracy_k.html")
+    summary["accuracy_greedy"] = dict(zip(table["variant"], table["greedy_acc"]))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

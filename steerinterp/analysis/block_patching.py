@@ -1,0 +1,311 @@
+"""Patching inside the block after a steered layer: which parts of that block carry the steering effect.
+
+PAPER_NOTES sections 4.5 and 8.6 (the penultimate-layer circuit). With a vector at layer L-2, the last
+block sees ``h + s`` in the steered run and ``h`` in the base run. Each ``Patch`` takes some of that
+block's activations from the base run while the residual stream keeps ``s``:
+
+* ``no_patch`` (the steered model), ``base`` (the unsteered model);
+* ``skip_attn``: the block's attention output from the base run; ``skip_layer``: attention and MLP
+  outputs from the base run, so ``s`` reaches the unembedding only along the residual stream (for a
+  penultimate vector: the unsteered last block with ``s`` added before ``ln_final``);
+* ``skip_head[h]``: head h's ``z`` from the base run; ``steer_head[h]``: every other head's ``z`` from the
+  base run (only head h sees the vector);
+* ``q[h]`` / ``k[g]`` / ``v[g]``: a query head's queries, or a key-value group's keys / values (GQA);
+* ``path="mlp"`` / ``"resid"``: the patched attention output reaches only the MLP (the residual keeps
+  the steered attention output), or only the residual stream (the MLP sees the steered one).
+
+All patches of a sweep run in one batched forward of the patched block and the blocks after it,
+starting from the steered residual at the block's input (the blocks before run once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_context
+from steerinterp.analysis.readout import final_logprobs
+from steerinterp.analysis.result import AnalysisResult
+from steerinterp.analysis.tokens import token_ids
+from steerinterp.errors import SteerInterpError
+from steerinterp.generation import _as_set
+from steerinterp.steering import add_hooks
+
+PATHS = ("both", "mlp", "resid")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Which activations of the patched block come from the base run (see the module docstring)."""
+
+    name: str
+    z_heads: tuple[int, ...] = ()
+    q_heads: tuple[int, ...] = ()
+    k_groups: tuple[int, ...] = ()
+    v_groups: tuple[int, ...] = ()
+    attn: bool = False
+    mlp: bool = False
+    path: str = "both"
+    base_run: bool = False
+
+    def __post_init__(self):
+        if self.path not in PATHS:
+            raise SteerInterpError(f"path={self.path!r}; choose one of {', '.join(PATHS)}")
+        if self.path != "both" and self.mlp:
+            raise SteerInterpError("path='mlp' / 'resid' routes the attention output; it cannot combine with mlp=True")
+
+    @property
+    def touches_attention(self) -> bool:
+        return bool(self.z_heads or self.q_heads or self.k_groups or self.v_groups or self.attn)
+
+
+def standard_patches(model, *, heads: bool = True, steer_heads: bool = True, qkv: bool = True,
+                     paths: bool = True) -> list[Patch]:
+    """The papers' configurations for one block: references, per head, per Q/K/V, per path."""
+    n_heads = model.cfg.n_heads
+    n_kv = getattr(model.cfg, "n_key_value_heads", None) or n_heads
+    out = [Patch("no_patch"), Patch("base", base_run=True), Patch("skip_attn", attn=True),
+           Patch("skip_layer", attn=True, mlp=True)]
+    if heads:
+        out += [Patch(f"skip_head[{h}]", z_heads=(h,)) for h in range(n_heads)]
+    if steer_heads:
+        out += [Patch(f"steer_head[{h}]", z_heads=tuple(x for x in range(n_heads) if x != h)) for h in range(n_heads)]
+    if qkv:
+        out += [Patch(f"q[{h}]", q_heads=(h,)) for h in range(n_heads)]
+        out += [Patch(f"k[{g}]", k_groups=(g,)) for g in range(n_kv)]
+        out += [Patch(f"v[{g}]", v_groups=(g,)) for g in range(n_kv)]
+    if paths:
+        out += [Patch("skip_attn->mlp", attn=True, path="mlp"), Patch("skip_attn->resid", attn=True, path="resid")]
+        out += [Patch(f"skip_head[{h}]->mlp", z_heads=(h,), path="mlp") for h in range(n_heads)]
+        out += [Patch(f"skip_head[{h}]->resid", z_heads=(h,), path="resid") for h in range(n_heads)]
+    return out
+
+
+_NAMES = {"z": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v",
+          "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
+
+
+def block_hook(layer: int, key: str) -> str:
+    return f"blocks.{layer}.{_NAMES[key]}"
+
+
+class PatchHooks:
+    """Hook functions that apply ``patches[p]`` to rows ``[p*B, (p+1)*B)`` of a stacked batch.
+
+    ``base`` / ``steered`` map ``z, q, k, v, attn_out, mlp_out`` to the base run's and the unpatched
+    steered run's activations of the patched block for the current chunk of positions ([B, pos, ...]).
+    ``set_sources`` replaces them before each forward (one call per decoding step in generation).
+    """
+
+    def __init__(self, layer: int, patches: Sequence[Patch]):
+        self.layer, self.patches = layer, list(patches)
+        self.base: dict[str, torch.Tensor] = {}
+        self.steered: dict[str, torch.Tensor] = {}
+        self._patched_attn: torch.Tensor | None = None
+
+    def set_sources(self, base: dict, steered: dict) -> None:
+        self.base, self.steered = base, steered
+
+    def _rows(self, p: int, n: int) -> slice:
+        return slice(p * n, (p + 1) * n)
+
+    def _heads(self, key: str, attr: str):
+        def fn(act, hook):
+            n = self.base[key].shape[0]
+            act = act.clone()
+            for p, patch in enumerate(self.patches):
+                idx = list(getattr(patch, attr))
+                if idx:
+                    act[self._rows(p, n)][:, :, idx] = self.base[key][:, :, idx].to(act.dtype)
+            return act
+
+        return fn
+
+    def _attn_out(self, act, hook):
+        n = self.base["attn_out"].shape[0]
+        patched = act.clone()  # already reflects any z / q / k / v patches upstream
+        for p, patch in enumerate(self.patches):
+            if patch.attn:
+                patched[self._rows(p, n)] = self.base["attn_out"].to(act.dtype)
+        self._patched_attn = patched
+        out = patched.clone()
+        for p, patch in enumerate(self.patches):
+            if patch.path == "resid" and patch.touches_attention:
+                out[self._rows(p, n)] = self.steered["attn_out"].to(act.dtype)  # the MLP sees the steered output
+        return out
+
+    def _mlp_out(self, act, hook):
+        n = self.base["mlp_out"].shape[0]
+        out = act.clone()
+        for p, patch in enumerate(self.patches):
+            if patch.mlp:
+                out[self._rows(p, n)] = self.base["mlp_out"].to(act.dtype)
+        return out
+
+    def _resid_post(self, act, hook):
+        n = self.base["attn_out"].shape[0]
+        out = act.clone()
+        steered = self.steered["attn_out"].to(act.dtype)
+        for p, patch in enumerate(self.patches):
+            rows = self._rows(p, n)
+            if patch.path == "mlp" and patch.touches_attention:  # residual keeps the steered attention output
+                out[rows] = out[rows] + steered - self._patched_attn[rows]
+            elif patch.path == "resid" and patch.touches_attention:  # residual gets the patched one
+                out[rows] = out[rows] + self._patched_attn[rows] - steered
+        return out
+
+    def hooks(self) -> list[tuple[str, object]]:
+        layer = self.layer
+        return [
+            (block_hook(layer, "q"), self._heads("q", "q_heads")),
+            (block_hook(layer, "k"), self._heads("k", "k_groups")),
+            (block_hook(layer, "v"), self._heads("v", "v_groups")),
+            (block_hook(layer, "z"), self._heads("z", "z_heads")),
+            (block_hook(layer, "attn_out"), self._attn_out),
+            (block_hook(layer, "mlp_out"), self._mlp_out),
+            (block_hook(layer, "resid_post"), self._resid_post),
+        ]
+
+
+SOURCE_KEYS = ("z", "q", "k", "v", "attn_out", "mlp_out")
+
+
+def check_layer(model, steering, layer: int | None) -> int:
+    """The patched block: default, the block after the last steered layer (must not be steered itself)."""
+    vecs = _as_set(steering)
+    if vecs is None or not len(vecs):
+        raise SteerInterpError("block patching needs steering vectors")
+    layers = [v for v in vecs.layers if v is not None]
+    if layer is None:
+        layer = max(layers) + 1
+    if not 0 < layer < model.cfg.n_layers:
+        raise SteerInterpError(f"cannot patch block {layer}: the model has blocks 0..{model.cfg.n_layers - 1} and the "
+                               "block must follow a steered layer (steer at most layer n_layers - 2, or pass layer=)")
+    if any(v.hook_name == f"blocks.{layer}.hook_resid_pre" for v in vecs):
+        raise SteerInterpError(f"a vector sits at blocks.{layer}.hook_resid_pre; steer blocks.{layer - 1}.hook_resid_post "
+                               "instead (the same place)")
+    if min(layers) >= layer:
+        raise SteerInterpError(f"every vector is at or after block {layer}; patching it cannot isolate their effect")
+    return layer
+
+
+def _repeat(batch: Batch, n: int) -> Batch:
+    return Batch(*(t.repeat(n, 1) for t in (batch.tokens, batch.attention_mask, batch.prompt_mask, batch.completion_mask)))
+
+
+@torch.no_grad()
+def patched_final_residuals(model, batch: Batch, steering, patches: Sequence[Patch], layer: int):
+    """Final-block residuals for every patch ([P, B, pos, d_model]), one batched forward from ``layer``."""
+    sources = [block_hook(layer, k) for k in SOURCE_KEYS]
+    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    resid_pre = f"blocks.{layer}.hook_resid_pre"
+    _, base = run_cached(model, batch, None, sources + [final])
+    _, steered = run_cached(model, batch, steering, sources + [resid_pre])
+    h_in = steered[resid_pre]  # the steered residual entering the patched block
+    live = [p for p in patches if not p.base_run]
+    out = torch.empty((len(patches),) + base[final].shape, dtype=base[final].dtype, device=base[final].device)
+    if live:
+        hooks = PatchHooks(layer, live)
+        hooks.set_sources({k: base[block_hook(layer, k)] for k in SOURCE_KEYS},
+                          {k: steered[block_hook(layer, k)] for k in SOURCE_KEYS})
+        stacked = _repeat(batch, len(live))
+        with steering_context(model, steering, stacked), add_hooks(model, hooks.hooks()):
+            resid = model(h_in.repeat(len(live), 1, 1), start_at_layer=layer, tokens=stacked.tokens,
+                          attention_mask=stacked.attention_mask, stop_at_layer=model.cfg.n_layers)
+        resid = resid.reshape(len(live), len(batch), *resid.shape[1:])
+    k = 0
+    for i, p in enumerate(patches):
+        if p.base_run:
+            out[i] = base[final]
+        else:
+            out[i] = resid[k]
+            k += 1
+    return out
+
+
+@dataclass
+class BlockPatchingResult(AnalysisResult):
+    """Per patch: mean KL(patched || base), KL(steered || patched), the retained share, tracked dp."""
+
+    layer: int
+    names: list[str]
+    kl_to_base: list[float]
+    kl_from_steered: list[float]
+    tracked: dict[str, list[float]] = field(default_factory=dict)  # token -> mean dp vs base, per patch
+    positions: str = "first"
+    n_positions: int = 0
+
+    @property
+    def retained(self) -> list[float]:
+        """KL(patched || base) / KL(steered || base): 1 = the steering effect is intact, 0 = gone."""
+        ref = self.kl_to_base[self.names.index("no_patch")] if "no_patch" in self.names else float("nan")
+        return [k / ref if ref > 0 else float("nan") for k in self.kl_to_base]
+
+    def to_frame(self):
+        import pandas as pd
+
+        df = pd.DataFrame({"patch": self.names, "kl_to_base": self.kl_to_base, "kl_from_steered": self.kl_from_steered,
+                           "retained": self.retained})
+        for tok, vals in self.tracked.items():
+            df[f"dp[{tok}]"] = vals
+        return df
+
+    def plot(self, metric: str = "kl_to_base", *, prefix: str = "skip_head["):
+        """Bars of ``metric`` for the patches whose names start with ``prefix`` (one per head), with
+        reference lines for the steered model, Skip-Attn and Skip-Layer (the papers' figure)."""
+        df = self.to_frame()
+        if metric not in df.columns or metric == "patch":
+            raise SteerInterpError(f"metric={metric!r}; choose one of {', '.join(df.columns[1:])}")
+        return patch_figure(dict(zip(df["patch"], df[metric])), prefix, metric,
+                            f"block {self.layer} patching ({self.positions} positions, n={self.n_positions}): {metric}")
+
+
+def patch_figure(values: dict, prefix: str, ytitle: str, title: str):
+    """Bars for the patches named ``prefix...`` with reference lines for no_patch / skip_attn / skip_layer / base."""
+    import plotly.graph_objects as go
+
+    bars = {k: v for k, v in values.items() if k.startswith(prefix) and "->" not in k}
+    fig = go.Figure(go.Bar(x=list(bars), y=list(bars.values()), name=ytitle))
+    for ref, dash in (("no_patch", "solid"), ("skip_attn", "dash"), ("skip_layer", "dot"), ("base", "dashdot")):
+        if ref in values:
+            fig.add_hline(y=float(values[ref]), line_dash=dash, annotation_text=ref)
+    fig.update_layout(title=title, yaxis_title=ytitle)
+    return fig
+
+
+@torch.no_grad()
+def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = None, *, layer: int | None = None,
+                   positions: str = "first", track: Sequence[str | int] = (), batch_size: int = 4) -> BlockPatchingResult:
+    """Token-level effect of each patch of the block after the steered layer (float64 KL, dp)."""
+    batch = as_batch(inputs)
+    layer = check_layer(model, steering, layer)
+    patches = standard_patches(model) if patches is None else list(patches)
+    names = [p.name for p in patches]
+    if len(set(names)) != len(names):
+        raise SteerInterpError("two patches share a name; give each a distinct name")
+    tracked = token_ids(model, track)
+    n_p = len(patches)
+    kl_b = torch.zeros(n_p, dtype=torch.float64)
+    kl_s = torch.zeros(n_p, dtype=torch.float64)
+    dp = torch.zeros(n_p, len(tracked), dtype=torch.float64)
+    n = 0
+    steer_patch = [Patch("__steered__"), Patch("__base__", base_run=True)]
+    for start in range(0, len(batch), batch_size):
+        chunk = batch.rows(slice(start, start + batch_size))
+        sel = chunk.positions(positions)
+        n += int(sel.sum())
+        finals = patched_final_residuals(model, chunk, steering, steer_patch + patches, layer)
+        lp_steer = final_logprobs(model, finals[0][sel])
+        lp_base = final_logprobs(model, finals[1][sel])
+        for i in range(n_p):
+            lp = final_logprobs(model, finals[i + 2][sel])
+            kl_b[i] += (lp.exp() * (lp - lp_base)).sum().cpu()
+            kl_s[i] += (lp_steer.exp() * (lp_steer - lp)).sum().cpu()
+            for j, tok in enumerate(tracked.values()):
+                dp[i, j] += (lp[:, tok].exp() - lp_base[:, tok].exp()).sum().cpu()
+    if n == 0:
+        raise SteerInterpError("no positions selected")
+    return BlockPatchingResult(layer, names, (kl_b / n).tolist(), (kl_s / n).tolist(),
+                               {t: (dp[:, j] / n).tolist() for j, t in enumerate(tracked)}, positions, n)
