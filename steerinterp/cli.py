@@ -14,6 +14,16 @@ from pathlib import Path
 from steerinterp.errors import SteerInterpError
 
 
+def _load(args, device=None):
+    """The model a command runs on: ``--model``, with ``--finetuned`` weights on top when given."""
+    import steerinterp as si
+    from steerinterp.models import load_finetuned
+
+    if getattr(args, "finetuned", None):
+        return load_finetuned(args.finetuned, args.model, device=device)
+    return si.load_model(args.model, device=device)
+
+
 def _threads(n: int | None) -> None:
     import torch
 
@@ -50,7 +60,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import steerinterp as si
     from steerinterp.rl import TrainConfig, Trainer
     from steerinterp.rl.distributed import init_from_env
     from steerinterp.tasks import load_task
@@ -66,7 +75,7 @@ def cmd_train(args) -> int:
         full_params=args.full_params.split(",") if args.full_params else None,
     )
     cfg.validate()
-    model = si.load_model(args.model, device=device)
+    model = _load(args, device=device)
     from steerinterp.steering import resolve_layers
 
     resolve_layers(model, args.layers)  # a wrong layer fails before any work
@@ -97,7 +106,7 @@ def cmd_eval(args) -> int:
     from steerinterp.tasks import load_task
 
     _threads(args.threads)
-    model = si.load_model(args.model)
+    model = _load(args)
     task = load_task(args.task, verifier=args.verifier, seed=args.seed)
     variants = {"base": None}
     for path in args.vectors or []:
@@ -138,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="RL-train steering vectors (RLOO) on a task; torchrun for several processes")
     t.add_argument("--model", default=None, help="embedded (default), tiny, a local HF directory or a TL name")
+    t.add_argument("--finetuned", default=None, help="weights of a --parametrisation full run (its final/) on top of --model")
     t.add_argument("--task", default="arithmetic", help="arithmetic[:LEVEL] | gsm8k:PATH[,TEST] | math:PATH")
     t.add_argument("--verifier", default=None, choices=["boxed", "last_number"], help="default: the task's")
     t.add_argument("--layers", default="all", help="all | 12 | 3,7")
@@ -158,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="held-out accuracy of the base model and saved vectors")
     e.add_argument("--model", default=None)
+    e.add_argument("--finetuned", default=None, help="weights of a --parametrisation full run (its final/) on top of --model")
     e.add_argument("--task", default="arithmetic")
     e.add_argument("--verifier", default=None, choices=["boxed", "last_number"])
     e.add_argument("--vectors", nargs="*", help="directories written by SteeringSet.save / train (DIR/final)")

@@ -262,12 +262,17 @@ def test_transfer_grid_normalises_by_the_recipients_own_vectors(tiny):
     task = arithmetic_task("add1")
     vecs = si.SteeringSet.from_tensors(tiny, {3: _vec(tiny, 1, 4.0)})
     res = A.transfer_grid({"m": tiny}, {"m": vecs}, task, problems=task.test[:3], max_new_tokens=3)
-    assert list(res.accuracy.columns) == ["base", "m"]
+    assert list(res.accuracy.columns) == ["unsteered", "m"]
     norm = res.normalised
-    if res.accuracy.loc["m", "m"] != res.accuracy.loc["m", "base"]:
+    if res.accuracy.loc["m", "m"] != res.accuracy.loc["m", "unsteered"]:
         assert norm.loc["m", "m"] == pytest.approx(1.0)
     assert len(res.to_frame()) == 2
     res.plot()
+    # a model and its donor may share a name ("base"); the unsteered column is apart
+    named = A.transfer_grid({"base": tiny}, {"base": vecs}, task, problems=task.test[:2], max_new_tokens=2)
+    assert named.to_frame()["donor"].tolist() == ["unsteered", "base"]
+    with pytest.raises(SteerInterpError, match="unsteered"):
+        A.transfer_grid({"m": tiny}, {"unsteered": vecs}, task, problems=task.test[:2])
 
 
 # ---- adaptive magnitudes and segments ------------------------------------------------------------------------------------
@@ -358,3 +363,19 @@ def test_prefix_control_runs_three_variants(tiny):
     res.plot()
     with pytest.raises(SteerInterpError, match="not one"):
         A.prefix_control(tiny, task, vecs, prefix="To be")
+
+
+def test_per_problem_prefix(tiny):
+    from steerinterp.tasks import arithmetic_task
+
+    task = arithmetic_task("add1")
+    p = task.test[0]
+
+    def first_operand(problem):
+        return problem.question.split("What is ")[1].split(" ")[0]
+
+    pre = task.with_assistant_prefix(first_operand, "first operand")
+    assert pre.prompts(tiny, [p])[0].endswith(first_operand(p)) and "first operand" in pre.name
+    vecs = si.SteeringSet.from_tensors(tiny, {3: _vec(tiny, 2, 5.0)})
+    res = A.prefix_control(tiny, task, vecs, prefix=first_operand, problems=task.test[:2], samples=0, max_new_tokens=2)
+    assert res.prefix == "first_operand" and 0 <= res.p_first_base <= 1

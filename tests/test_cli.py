@@ -18,6 +18,7 @@ def _run(args):
         (["train", "--model", "tiny", "--task", "sudoku", "--out", "{tmp}/c"], "unknown task"),
         (["train", "--model", "tiny", "--group-size", "1", "--out", "{tmp}/d"], "group_size"),
         (["generate", "hi", "--model", "tiny", "--vectors", "{tmp}/missing"], "no steering file"),
+        (["eval", "--model", "tiny", "--finetuned", "{tmp}/nothing"], "no fine-tuned weights"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, message):
@@ -39,3 +40,12 @@ def test_train_eval_generate_on_the_tiny_model(tmp_path, capsys):
     assert "base" in out and "run" in out and (tmp_path / "eval.csv").is_file()
     assert main(["generate", "hello", "--model", "tiny", "--max-new-tokens", "3",
                  "--vectors", str(tmp_path / "run" / "final")]) == 0
+
+
+def test_train_vectors_on_a_fine_tuned_model(tmp_path):
+    common = ["--model", "tiny", "--steps", "1", "--group-size", "2", "--prompts-per-step", "2", "--max-new-tokens", "3"]
+    assert main(["train", *common, "--parametrisation", "full", "--full-params", "blocks.3.mlp", "--lr", "1e-2",
+                 "--out", str(tmp_path / "ft")]) == 0
+    assert main(["train", *common, "--finetuned", str(tmp_path / "ft" / "final"), "--layers", "2",
+                 "--out", str(tmp_path / "vec")]) == 0
+    assert (tmp_path / "vec" / "final" / "vectors.safetensors").is_file()

@@ -252,3 +252,14 @@ def test_path_patching_oracles(setup):
                              new_steering=vecs).plot()
     with pytest.raises(SteerInterpError, match="receiver"):
         path_patch(model, batch, [Node.resid(2)], [Node("z", 3, 0)], metric)
+
+
+def test_block_patching_per_position_kl(setup):
+    model, batch, vecs, _ = setup
+    res = A.block_patching(model, batch, vecs, [Patch("no_patch"), Patch("skip_attn", attn=True)], positions="completion")
+    pf = res.position_frame()
+    n_c = int(batch.completion_mask.sum())
+    assert pf.shape == (2, n_c)
+    assert pf.loc["no_patch"].mean() == pytest.approx(res.to_frame().set_index("patch").loc["no_patch", "kl_to_base"])
+    first = A.block_patching(model, batch, vecs, [Patch("no_patch")], positions="first")
+    assert first.kl_to_base[0] == pytest.approx(float(pf.loc["no_patch", 0]))

@@ -4,8 +4,9 @@ PAPER_NOTES section 4.4 and claims 7-8. A single vector at the last block (layer
 add1 (``steerinterp train --task arithmetic:add1 --layers 29 --lr 3e-2 --steps 30``; a copy ships in
 results/), is compared with the unsteered model on completions sampled from the steered model:
 per-position distribution shifts, position 0 (the first generated token) against later ones. Then the
-prefix control: start the base model's answer with the token the vector boosts most at position 0 (and
-with "To", the papers' token) and measure how much of the vector's accuracy gain that recovers.
+prefix control: start the base model's answer with the token the vector favours at position 0 (here the
+problem's first operand) and with "To" (the papers' token), and measure how much of the vector's accuracy
+gain that recovers.
 
     python examples/first_token_substitution/run.py
 """
@@ -25,6 +26,11 @@ from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
 VECTOR = HERE / "results" / "vector-layer29"
+
+
+def first_operand(problem) -> str:
+    """'What is 3 + 7?' -> '3'."""
+    return problem.question.split("What is ")[1].split(" ")[0]
 
 
 def main():
@@ -66,16 +72,19 @@ def main():
     print("logit lens (through the final norm) of the vector, boosted:",
           [lens.vocab[i] for i in lens.top(model.cfg.n_layers - 1)])
 
+    # The papers' control prefixes every answer with the token the vector favours ("To"). Here the vector
+    # favours the problem's first operand (answers become "a + b = c"), so that is the matching prefix.
     controls = {}
-    for prefix in dict.fromkeys([top_token, "To"]):
-        ctrl = A.prefix_control(model, task, vec, prefix=prefix, samples=args.samples)
+    for label, prefix in (("To", "To"), ("first operand", first_operand)):
+        ctrl = A.prefix_control(model, task, vec, prefix=prefix, label=label, samples=args.samples)
         frame = ctrl.to_frame()
-        frame.to_csv(out / f"prefix_control_{prefix.strip() or 'space'}.csv", index=False)
-        write_figure(ctrl.plot(), out / f"prefix_control_{prefix.strip() or 'space'}.html")
-        controls[prefix] = {"recovered_greedy": ctrl.recovered("greedy"), "recovered_sampled": ctrl.recovered("sampled"),
-                            "p_first_base": ctrl.p_first_base, "p_first_steered": ctrl.p_first_steered,
-                            "table": frame.to_dict("records")}
-        print(f"prefix {prefix!r}: p(first token) base {ctrl.p_first_base:.3f} -> steered {ctrl.p_first_steered:.3f}; "
+        tag = label.replace(" ", "_")
+        frame.to_csv(out / f"prefix_control_{tag}.csv", index=False)
+        write_figure(ctrl.plot(), out / f"prefix_control_{tag}.html")
+        controls[label] = {"recovered_greedy": ctrl.recovered("greedy"), "recovered_sampled": ctrl.recovered("sampled"),
+                           "p_first_base": ctrl.p_first_base, "p_first_steered": ctrl.p_first_steered,
+                           "table": frame.to_dict("records")}
+        print(f"prefix {label!r}: p(first token) base {ctrl.p_first_base:.3f} -> steered {ctrl.p_first_steered:.3f}; "
               f"gain recovered: greedy {ctrl.recovered('greedy'):.0%}, sampled {ctrl.recovered('sampled'):.0%}")
         print(frame.drop(columns=[c for c in frame.columns if c.endswith("std")]).to_string(index=False))
     (out / "prefix_control.json").write_text(json.dumps(controls, indent=2, default=float))

@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--vectors", default=str(HERE / "results" / "vector-layer28"))
     ap.add_argument("--problems", type=int, default=41, help="training problems to sample completions for")
     ap.add_argument("--samples", type=int, default=0, help="sampled evaluations per patch (greedy is always run)")
+    ap.add_argument("--stages", default="tokens,attention,routes,accuracy",
+                    help="comma-separated subset of tokens, attention, routes, accuracy")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -50,9 +52,11 @@ def main():
     top = pos0[pos0["pos"] == 0]["dst"].value_counts().index[0]
     print(f"most boosted first token: {top!r}")
 
+    stages = set(args.stages.split(","))
     patches = A.standard_patches(model)
-    summary = {}
-    for positions in ("first", "completion"):
+    summary_file = out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    for positions in ("first", "completion") if "tokens" in stages else ():
         res = A.block_patching(model, rollouts, vec, patches, positions=positions, track=[top])
         res.to_frame().to_csv(out / f"patching_{positions}.csv", index=False)
         write_figure(res.plot("retained"), out / f"patching_{positions}_skip_head.html")
@@ -65,23 +69,30 @@ def main():
         heads = df[df.index.str.fullmatch(r"skip_head\[\d+\]")]["retained"]
         print(f"[{positions}] skip_head retained: min {heads.min():.2f} max {heads.max():.2f}")
 
-    att = A.attention_diff(model, rollouts, vec, layers=[model.cfg.n_layers - 1])
-    att.to_frame().to_csv(out / "attention_diff_last_block.csv", index=False)
-    write_figure(att.plot(), out / "attention_diff_last_block.html")
-    routes = A.route_attribution(model, rollouts, vec, tokens=[top], positions="first")
-    routes.summary().to_csv(out / "routes_first_token.csv")
-    write_figure(routes.plot(), out / "routes_first_token.html")
-    print(routes.summary().round(3).to_string())
-
-    acc_patches = [p for p in patches if "->" not in p.name or p.name.startswith("skip_attn")]
+    if "attention" in stages:
+        att = A.attention_diff(model, rollouts, vec, layers=[model.cfg.n_layers - 1])
+        att.to_frame().to_csv(out / "attention_diff_last_block.csv", index=False)
+        write_figure(att.plot(), out / "attention_diff_last_block.html")
+        print(att.top(3).round(3).to_string(index=False))
+    if "routes" in stages:
+        routes = A.route_attribution(model, rollouts, vec, tokens=[top], positions="first")
+        routes.summary().to_csv(out / "routes_first_token.csv")
+        write_figure(routes.plot(), out / "routes_first_token.html")
+        print(routes.summary().round(3).to_string())
+    if "accuracy" not in stages:
+        summary_file.write_text(json.dumps(summary, indent=2))
+        return
+    # through generation: the references, every head, every key-value group, and the two attention paths
+    keep = ("no_patch", "base", "skip_attn", "skip_layer", "skip_head[", "k[", "v[", "skip_attn->")
+    acc_patches = [p for p in patches if p.name.startswith(keep) and not (p.name.startswith("skip_head[") and "->" in p.name)]
     acc = A.patched_accuracy(model, task, vec, acc_patches, samples=args.samples)
     table = acc.to_frame()
     table.to_csv(out / "patched_accuracy.csv", index=False)
     write_figure(acc.plot(), out / "patched_accuracy_skip_head.html")
-    write_figure(acc.plot(prefix="steer_head["), out / "patched_accuracy_steer_head.html")
     write_figure(acc.plot(prefix="k["), out / "patched_accuracy_k.html")
+    write_figure(acc.plot(prefix="v["), out / "patched_accuracy_v.html")
     summary["accuracy_greedy"] = dict(zip(table["variant"], table["greedy_acc"]))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_file.write_text(json.dumps(summary, indent=2))
     print(table.to_string(index=False))
 
 

@@ -87,7 +87,11 @@ def as_batch(inputs) -> Batch:
 
 
 def teacher_forcing_batch(model: HookedModel, prompts: Sequence[str], completions: Sequence[str]) -> Batch:
-    """Tokenise prompts and completions (no special tokens added) into a left/right-padded ``Batch``."""
+    """Tokenise prompts and completions (no special tokens added) into a left/right-padded ``Batch``.
+
+    Prompt and completion are tokenised separately, as generation produces them (a completion starts
+    a new token); for completions sampled by ``si.generate``, pass its ``GenerationOutput`` directly.
+    """
     prompts, completions = list(prompts), list(completions)
     if len(prompts) != len(completions):
         raise SteerInterpError(f"{len(prompts)} prompts but {len(completions)} completions; give one completion per prompt")

@@ -236,6 +236,15 @@ class BlockPatchingResult(AnalysisResult):
     tracked: dict[str, list[float]] = field(default_factory=dict)  # token -> mean dp vs base, per patch
     positions: str = "first"
     n_positions: int = 0
+    kl_by_position: torch.Tensor | None = None  # [patches, completion position]
+
+    def position_frame(self):
+        """KL(patched || base) per completion position (rows: patches, columns: 0 = first generated token)."""
+        import pandas as pd
+
+        if self.kl_by_position is None:
+            raise SteerInterpError("no per-position values in this result")
+        return pd.DataFrame(self.kl_by_position.numpy(), index=self.names)
 
     @property
     def retained(self) -> list[float]:
@@ -277,8 +286,14 @@ def patch_figure(values: dict, prefix: str, ytitle: str, title: str):
 
 @torch.no_grad()
 def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = None, *, layer: int | None = None,
-                   positions: str = "first", track: Sequence[str | int] = (), batch_size: int = 4) -> BlockPatchingResult:
-    """Token-level effect of each patch of the block after the steered layer (float64 KL, dp)."""
+                   positions: str = "first", track: Sequence[str | int] = (), batch_size: int = 4,
+                   max_positions: int = 64) -> BlockPatchingResult:
+    """Token-level effect of each patch of the block after the steered layer (float64 KL, dp).
+
+    ``positions``: ``"first"`` (the first generated token), ``"completion"`` or ``"all"``. Besides the
+    means, ``kl_by_position`` keeps KL(patched || base) per completion position (0 = the first generated
+    token, up to ``max_positions``).
+    """
     batch = as_batch(inputs)
     layer = check_layer(model, steering, layer)
     patches = standard_patches(model) if patches is None else list(patches)
@@ -290,22 +305,31 @@ def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = No
     kl_b = torch.zeros(n_p, dtype=torch.float64)
     kl_s = torch.zeros(n_p, dtype=torch.float64)
     dp = torch.zeros(n_p, len(tracked), dtype=torch.float64)
+    by_pos = torch.zeros(n_p, max_positions, dtype=torch.float64)  # KL(patched || base) per completion position
+    pos_count = torch.zeros(max_positions, dtype=torch.float64)
     n = 0
     steer_patch = [Patch("__steered__"), Patch("__base__", base_run=True)]
     for start in range(0, len(batch), batch_size):
         chunk = batch.rows(slice(start, start + batch_size))
         sel = chunk.positions(positions)
         n += int(sel.sum())
+        rel = (chunk.predicting_mask.long().cumsum(-1) - 1)[sel].clamp(min=0).cpu()  # 0 = the first generated token
+        keep = rel < max_positions
+        pos_count += torch.bincount(rel[keep], minlength=max_positions).double()
         finals = patched_final_residuals(model, chunk, steering, steer_patch + patches, layer)
         lp_steer = final_logprobs(model, finals[0][sel])
         lp_base = final_logprobs(model, finals[1][sel])
         for i in range(n_p):
             lp = final_logprobs(model, finals[i + 2][sel])
-            kl_b[i] += (lp.exp() * (lp - lp_base)).sum().cpu()
+            kl_tok = (lp.exp() * (lp - lp_base)).sum(-1).cpu()
+            kl_b[i] += kl_tok.sum()
+            by_pos[i] += torch.bincount(rel[keep], weights=kl_tok[keep], minlength=max_positions)
             kl_s[i] += (lp_steer.exp() * (lp_steer - lp)).sum().cpu()
             for j, tok in enumerate(tracked.values()):
                 dp[i, j] += (lp[:, tok].exp() - lp_base[:, tok].exp()).sum().cpu()
     if n == 0:
         raise SteerInterpError("no positions selected")
+    used = int((pos_count > 0).nonzero().max()) + 1 if (pos_count > 0).any() else 0
     return BlockPatchingResult(layer, names, (kl_b / n).tolist(), (kl_s / n).tolist(),
-                               {t: (dp[:, j] / n).tolist() for j, t in enumerate(tracked)}, positions, n)
+                               {t: (dp[:, j] / n).tolist() for j, t in enumerate(tracked)}, positions, n,
+                               by_pos[:, :used] / pos_count[:used].clamp_min(1))

@@ -9,6 +9,7 @@ base models put on the prefix token as the first generated token.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,32 +48,45 @@ class PrefixControlResult(AnalysisResult):
 
 
 @torch.no_grad()
-def first_token_prob(model, prompts, token: int, steering=None) -> float:
-    """Mean probability of ``token`` as the first generated token after each prompt."""
+def first_token_prob(model, prompts, token: int | Sequence[int], steering=None) -> float:
+    """Mean probability of ``token`` (one id, or one per prompt) as the first generated token."""
     from steerinterp.analysis.batch import steering_context, teacher_forcing_batch
 
-    batch = teacher_forcing_batch(model, prompts, [model.tokenizer.decode([token])] * len(prompts))
+    tokens = [int(token)] * len(prompts) if isinstance(token, int) else [int(t) for t in token]
+    if len(tokens) != len(prompts):
+        raise SteerInterpError(f"{len(tokens)} tokens for {len(prompts)} prompts; give one id or one per prompt")
+    batch = teacher_forcing_batch(model, prompts, [model.tokenizer.decode([t]) for t in tokens])
     final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     with steering_context(model, steering, batch):
         _, cache = model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask, names_filter=[final],
                                         return_type=None)
     resid = cache[final][torch.arange(len(batch)), batch.last_prompt_index]
-    return float(final_logprobs(model, resid)[:, token].exp().mean())
+    lp = final_logprobs(model, resid)
+    return float(lp[torch.arange(len(tokens)), torch.tensor(tokens, device=lp.device)].exp().mean())
 
 
-def prefix_control(model, task, steering, *, prefix: str = "To", problems=None, samples: int = 4,
-                   max_new_tokens: int = 32, seed: int = 0) -> PrefixControlResult:
-    """Base vs base + ``prefix`` vs steered accuracy on ``task``'s test split (greedy and avg@samples)."""
+def prefix_control(model, task, steering, *, prefix: str | Callable = "To", label: str | None = None, problems=None,
+                   samples: int = 4, max_new_tokens: int = 32, seed: int = 0) -> PrefixControlResult:
+    """Base vs base + ``prefix`` vs steered accuracy on ``task``'s test split (greedy and avg@samples).
+
+    ``prefix``: a string (the papers' ``"To"``) or a function of the problem giving one (e.g. its first
+    operand, when the vector's first token depends on the problem). ``p_first_*`` is the mean
+    probability of the prefix's first token as the first generated token.
+    """
     from steerinterp.evaluate import evaluate
 
-    if not prefix:
-        raise SteerInterpError("give a non-empty prefix, e.g. 'To'")
-    tok = token_id(model, prefix)
     problems = list(task.test if problems is None else problems)
+    texts = [prefix(p) if callable(prefix) else prefix for p in problems]
+    if not all(isinstance(t, str) and t for t in texts):
+        raise SteerInterpError("give a non-empty prefix, e.g. 'To'")
+    if isinstance(prefix, str):
+        token_id(model, prefix)  # a single-token prefix is the papers' setting; longer ones are named clearly
+    first = [model.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in texts]
+    label = label or (prefix if isinstance(prefix, str) else getattr(prefix, "__name__", "per-problem prefix"))
     kw = dict(problems=problems, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
     res = evaluate(model, task, {"base": None}, **kw)
-    res.rows += evaluate(model, task.with_assistant_prefix(prefix), {"base + prefix": None}, **kw).rows
+    res.rows += evaluate(model, task.with_assistant_prefix(prefix, label), {"base + prefix": None}, **kw).rows
     res.rows += evaluate(model, task, {"steered": steering}, **kw).rows
     prompts = task.prompts(model, problems)
-    return PrefixControlResult(res, prefix, first_token_prob(model, prompts, tok),
-                               first_token_prob(model, prompts, tok, steering))
+    return PrefixControlResult(res, label, first_token_prob(model, prompts, first),
+                               first_token_prob(model, prompts, first, steering))

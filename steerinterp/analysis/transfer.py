@@ -25,6 +25,8 @@ from steerinterp.analysis.vectors import as_vector_dict
 from steerinterp.errors import SteerInterpError
 from steerinterp.steering import SteeringSet
 
+UNSTEERED = "unsteered"
+
 
 def transfer_vectors(vectors, recipient, *, layer_map: Mapping[int, int] | None = None) -> SteeringSet:
     """Copy ``{layer: vector}`` onto ``recipient`` (same index unless ``layer_map``), checking shapes."""
@@ -44,18 +46,19 @@ def transfer_vectors(vectors, recipient, *, layer_map: Mapping[int, int] | None 
 
 @dataclass
 class TransferResult(AnalysisResult):
-    accuracy: object  # DataFrame: recipients x donors (+ "base")
+    accuracy: object  # DataFrame: recipients x (UNSTEERED, donors...)
     mode: str
 
     @property
     def normalised(self):
         """(acc_transfer - acc_base) / (acc_own - acc_base) per recipient row (NaN without an own vector)."""
         acc = self.accuracy
-        out = acc.drop(columns="base").copy()
+        out = acc.drop(columns=UNSTEERED).copy()
         for r in out.index:
-            own = acc.loc[r, r] if r in acc.columns else float("nan")
-            denom = own - acc.loc[r, "base"]
-            out.loc[r] = (acc.loc[r].drop("base") - acc.loc[r, "base"]) / denom if denom else float("nan")
+            base = float(acc.loc[r, UNSTEERED])
+            own = float(acc.loc[r, r]) if r in out.columns else float("nan")
+            denom = own - base
+            out.loc[r] = (acc.loc[r].drop(UNSTEERED) - base) / denom if abs(denom) > 1e-12 else float("nan")
         return out
 
     def to_frame(self):
@@ -64,7 +67,7 @@ class TransferResult(AnalysisResult):
         acc, norm = self.accuracy, self.normalised
         rows = []
         for r in acc.index:
-            rows.append({"recipient": r, "donor": "(base)", "accuracy": float(acc.loc[r, "base"]), "normalised": 0.0})
+            rows.append({"recipient": r, "donor": UNSTEERED, "accuracy": float(acc.loc[r, UNSTEERED]), "normalised": 0.0})
             for d in norm.columns:
                 rows.append({"recipient": r, "donor": d, "accuracy": float(acc.loc[r, d]), "normalised": float(norm.loc[r, d])})
         return pd.DataFrame(rows)
@@ -96,9 +99,11 @@ def transfer_grid(models: Mapping[str, object], vectors: Mapping[str, object], t
         raise SteerInterpError(f"mode={mode!r}; choose 'greedy' or 'sampled'")
     kw = dict(problems=problems, greedy=mode == "greedy", samples=samples if mode == "sampled" else 0,
               max_new_tokens=max_new_tokens)
-    acc = pd.DataFrame(index=list(models), columns=["base", *vectors], dtype=float)
+    if UNSTEERED in vectors:
+        raise SteerInterpError(f"{UNSTEERED!r} names the recipients' own unsteered accuracy; call the donor something else")
+    acc = pd.DataFrame(index=list(models), columns=[UNSTEERED, *vectors], dtype=float)
     for r, model in models.items():
-        variants = {"base": None, **{d: transfer_vectors(v, model) for d, v in vectors.items()}}
+        variants = {UNSTEERED: None, **{d: transfer_vectors(v, model) for d, v in vectors.items()}}
         res = evaluate(model, task, variants, **kw)
         for name in variants:
             acc.loc[r, name] = res.accuracy(name, mode)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from steerinterp.chat import chat_prompts
@@ -32,7 +32,7 @@ class Task:
         format_bonus: added to the reward when the completion writes ``\\boxed{}`` (lenient verifier).
         zero_one: rewards 1 / 0 instead of the papers' +1 / -1.
         assistant_prefix: text the assistant's turn starts with, written into the prompt (the papers'
-            "To" control); the verifier reads ``assistant_prefix + completion``.
+            "To" control), or a function of the problem giving it; the verifier reads prefix + completion.
     """
 
     name: str
@@ -43,7 +43,7 @@ class Task:
     user_template: str = "{question}"
     format_bonus: float = 0.0
     zero_one: bool = False
-    assistant_prefix: str = ""
+    assistant_prefix: str | Callable[[Problem], str] = ""
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,27 +66,35 @@ class Task:
         else:
             prefix = f"{self.system_prompt}\n\n" if self.system_prompt else ""
             prompts = [f"{prefix}User: {m}\nAssistant:" for m in messages]
-        return [p + self.assistant_prefix for p in prompts]
+        return [p + self.prefix_for(problem) for p, problem in zip(prompts, problems)]
 
-    def with_assistant_prefix(self, prefix: str) -> Task:
-        """The same task with every answer starting with ``prefix`` (e.g. ``"To"``), written into the prompt."""
-        return replace(self, name=f"{self.name}+prefix{prefix!r}", assistant_prefix=prefix)
+    def prefix_for(self, problem: Problem) -> str:
+        """The assistant prefix written after the prompt for this problem ("" by default)."""
+        prefix = self.assistant_prefix(problem) if callable(self.assistant_prefix) else self.assistant_prefix
+        if not isinstance(prefix, str):
+            raise SteerInterpError(f"assistant_prefix must give a string, got {type(prefix).__name__}")
+        return prefix
+
+    def with_assistant_prefix(self, prefix: str | Callable[[Problem], str], label: str | None = None) -> Task:
+        """The same task with every answer starting with ``prefix`` (e.g. ``"To"``, or a function of the
+        problem), written into the prompt and read by the verifier."""
+        label = label or (prefix if isinstance(prefix, str) else getattr(prefix, "__name__", "custom"))
+        return replace(self, name=f"{self.name}+prefix{label!r}", assistant_prefix=prefix)
 
     def extracted(self, completion: str) -> str | None:
         """The answer the verifier reads from a completion (None when there is none)."""
-        completion = self.assistant_prefix + completion
         boxed = extract_boxed(completion)
         if self.verifier == "boxed" or boxed is not None:
             return boxed
         return extract_last_number(completion)
 
     def is_correct(self, completion: str, problem: Problem) -> bool:
-        answer = self.extracted(completion)
+        answer = self.extracted(self.prefix_for(problem) + completion)
         return answer is not None and answers_match(answer, problem.final_answer)
 
     def reward(self, completion: str, problem: Problem) -> float:
         fn = VERIFIERS[self.verifier]
-        completion = self.assistant_prefix + completion
+        completion = self.prefix_for(problem) + completion
         if self.verifier == "last_number":
             return fn(completion, problem.final_answer, zero_one=self.zero_one, format_bonus=self.format_bonus)
         return fn(completion, problem.final_answer, zero_one=self.zero_one)
