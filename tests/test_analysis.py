@@ -379,3 +379,21 @@ def test_per_problem_prefix(tiny):
     vecs = si.SteeringSet.from_tensors(tiny, {3: _vec(tiny, 2, 5.0)})
     res = A.prefix_control(tiny, task, vecs, prefix=first_operand, problems=task.test[:2], samples=0, max_new_tokens=2)
     assert res.prefix == "first_operand" and 0 <= res.p_first_base <= 1
+
+
+def test_single_layer_views_keep_hook_scale_and_positions(tiny64, batch64):
+    """persistence / compose_pairs / transfer apply a set's own vectors (hook, scale, positions), not a copy at
+    the default hook."""
+    s = _vec(tiny64, 7)
+    only_prompt = si.SteeringSet([si.SteeringVector(s, "blocks.1.hook_mlp_out", 2.0, "prompt")])
+    res = A.persistence(tiny64, batch64, only_prompt, observed_layers=[1, 2])
+    # delta at the steered layer is 2s on prompt tokens and 0 on completion tokens
+    n_prompt = int((batch64.prompt_mask).sum())
+    n_all = int((batch64.prompt_mask | batch64.predicting_mask).sum())
+    assert res.delta_norm[0, 0] == pytest.approx(float(2 * s.norm()) * n_prompt / n_all, rel=1e-9)
+    moved = A.transfer_vectors(only_prompt, tiny64, layer_map={1: 2})
+    v = moved[2]
+    assert v.hook_name == "blocks.2.hook_mlp_out" and v.scale == 2.0 and v.positions.kind == "prompt"
+    with pytest.raises(SteerInterpError, match="two vectors in block 1"):
+        A.persistence(tiny64, batch64, si.SteeringSet([si.SteeringVector(s, "blocks.1.hook_mlp_out"),
+                                                        si.SteeringVector(s, "blocks.1.hook_resid_post")]))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from steerinterp.analysis.result import AnalysisResult
-from steerinterp.analysis.vectors import as_vector_dict
+from steerinterp.analysis.vectors import single_layer_sets
 from steerinterp.errors import SteerInterpError
 from steerinterp.steering import SteeringSet, SteeringVector
 
@@ -126,7 +126,7 @@ def compose_pairs(
     if isinstance(singles, Mapping) and all(isinstance(v, SteeringSet) for v in singles.values()):
         single_sets = {int(k): v for k, v in sorted(singles.items())}
     else:
-        single_sets = {k: SteeringSet.from_tensors(model, {k: t}) for k, t in as_vector_dict(singles).items()}
+        single_sets = single_layer_sets(model, singles)
     chosen = sorted(single_sets) if layers is None else [int(x) for x in layers]
     missing = [x for x in chosen if x not in single_sets]
     if missing:

@@ -25,9 +25,8 @@ from jaxtyping import Float
 
 from steerinterp.analysis.batch import as_batch, run_cached
 from steerinterp.analysis.result import AnalysisResult
-from steerinterp.analysis.vectors import as_vector_dict
+from steerinterp.analysis.vectors import as_vector_dict, single_layer_sets
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import SteeringSet
 from steerinterp.types import HookedModel
 
 METRICS = ("diff_vector", "diff_diff", "mean_diff_vector", "delta_norm")
@@ -106,6 +105,7 @@ def persistence(
     vecs = as_vector_dict(vectors)
     if not vecs:
         raise SteerInterpError("no vectors given")
+    alone = single_layer_sets(model, vectors)
     steered = list(vecs)
     observed = list(range(model.cfg.n_layers)) if observed_layers is None else sorted(int(x) for x in observed_layers)
     names = [f"blocks.{o}.hook_resid_post" for o in observed]
@@ -124,7 +124,7 @@ def persistence(
         count += int(sel.sum())
         _, base = run_cached(model, chunk, None, cached)
         for i, layer in enumerate(steered):
-            _, st = run_cached(model, chunk, SteeringSet.from_tensors(model, {layer: vecs[layer]}), cached)
+            _, st = run_cached(model, chunk, alone[layer], cached)
             final_sum[i] += ((st[final_name] - base[final_name]).double() * sel[..., None]).sum((0, 1)).cpu()
             for j, o in enumerate(observed):
                 if o < layer:

@@ -23,25 +23,39 @@ from steerinterp.analysis.batch import Batch, as_batch, run_cached
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.vectors import as_vector_dict
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import SteeringSet
+from steerinterp.steering import DEFAULT_HOOK, SteeringSet, SteeringVector, _vector_dtype
 
 UNSTEERED = "unsteered"
 
 
 def transfer_vectors(vectors, recipient, *, layer_map: Mapping[int, int] | None = None) -> SteeringSet:
-    """Copy ``{layer: vector}`` onto ``recipient`` (same index unless ``layer_map``), checking shapes."""
-    vecs = as_vector_dict(vectors)
-    out = {}
-    for layer, v in vecs.items():
+    """Copy vectors onto ``recipient`` (same block index unless ``layer_map``), checking shapes.
+
+    A SteeringSet's vectors keep their hook (renumbered to the target block), scale and positions.
+    """
+    if isinstance(vectors, SteeringVector):
+        vectors = SteeringSet([vectors])
+    as_vector_dict(vectors)  # one vector per block, all at blocks
+    items = ([(v.layer, v) for v in vectors] if isinstance(vectors, SteeringSet)
+             else list(as_vector_dict(vectors).items()))
+    out = []
+    for layer, v in items:
         target = int(layer_map.get(layer, layer)) if layer_map else layer
         if not 0 <= target < recipient.cfg.n_layers:
             raise SteerInterpError(f"layer {target} does not exist in the recipient ({recipient.cfg.n_layers} layers); "
                                    "pass layer_map={donor_layer: recipient_layer}")
-        if v.shape[0] != recipient.cfg.d_model:
-            raise SteerInterpError(f"the donor's vectors have width {v.shape[0]} but the recipient's d_model is "
+        t = v.vector.detach() if isinstance(v, SteeringVector) else v
+        if t.shape[0] != recipient.cfg.d_model:
+            raise SteerInterpError(f"the donor's vectors have width {t.shape[0]} but the recipient's d_model is "
                                    f"{recipient.cfg.d_model}; fit a map with fit_residual_map(donor, recipient, texts)")
-        out[target] = v
-    return SteeringSet.from_tensors(recipient, out)
+        t = t.to(device=next(recipient.parameters()).device, dtype=_vector_dtype(recipient)).clone()
+        if isinstance(v, SteeringVector):
+            out.append(SteeringVector(t, f"blocks.{target}.{v.hook_name.split('.', 2)[2]}", v.scale, v.positions))
+        else:
+            out.append(SteeringVector(t, DEFAULT_HOOK.format(layer=target)))
+    result = SteeringSet(out)
+    result.validate(recipient)
+    return result
 
 
 @dataclass

@@ -19,6 +19,8 @@ def as_vector_dict(vectors) -> dict[int, torch.Tensor]:
         for v in vectors:
             if v.layer is None:
                 raise SteerInterpError(f"vector at {v.hook_name!r} is not at a block; give {{layer: tensor}} instead")
+            if v.layer in out:
+                raise SteerInterpError(f"two vectors in block {v.layer}; combine them into one (analysis.combine) first")
             out[v.layer] = v.vector.detach() * v.scale
         return dict(sorted(out.items()))
     if isinstance(vectors, Mapping):
@@ -29,3 +31,13 @@ def as_vector_dict(vectors) -> dict[int, torch.Tensor]:
             out[int(k)] = t.detach()
         return dict(sorted(out.items()))
     raise SteerInterpError(f"expected a SteeringSet, SteeringVector or {{layer: tensor}}, got {type(vectors).__name__}")
+
+
+def single_layer_sets(model, vectors) -> dict[int, SteeringSet]:
+    """``{layer: SteeringSet}`` with one layer's vector each. Vectors of a SteeringSet keep their hook,
+    scale and positions; plain tensors go to ``blocks.{layer}.hook_resid_post``."""
+    if isinstance(vectors, SteeringVector):
+        vectors = SteeringSet([vectors])
+    if isinstance(vectors, SteeringSet):
+        return {layer: vectors.subset([layer]) for layer in as_vector_dict(vectors)}
+    return {layer: SteeringSet.from_tensors(model, {layer: t}) for layer, t in as_vector_dict(vectors).items()}
