@@ -38,10 +38,44 @@ def cmd_demo(args) -> int:
     _threads(args.threads)
     t0 = time.time()
     model = si.load_model()
-    result = run_demo(quick=args.quick, steps=args.steps, model=model, progress=True)
+    result = run_demo(quick=args.quick, steps=args.steps, model=model, progress=True,
+                      analyses=() if args.no_analysis else None)
     paths = write_demo(result, Path(args.out), model=model)
     print(result.summary())
     print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    import steerinterp as si
+    from steerinterp.report import write_report
+    from steerinterp.run_analysis import analyze_vectors, build_report, save_analysis
+    from steerinterp.tasks import load_task
+
+    _threads(args.threads)
+    run = Path(args.run)
+    vec_dir = next((d for d in (run / "vectors", run / "final") if d.exists()), None)
+    if vec_dir is None:
+        raise SteerInterpError(f"{run} has no vectors/ or final/ directory; give the --out of `steerinterp demo` or `train`")
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    model = _load(args)
+    vecs = si.SteeringSet.load(vec_dir, model=model)
+    task = load_task(args.task or info.get("task_spec", "arithmetic"))
+    only = args.only.split(",") if args.only else None
+    analysis = analyze_vectors(model, vecs, task, quick=args.quick, only=only, progress=True)
+    save_analysis(analysis, run / "analysis")
+    page = write_report(run / "report.html", build_report(run))
+    print(analysis.to_frame().to_string(index=False))
+    print(f"wrote {run / 'analysis'} and {page}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from steerinterp.report import write_report
+    from steerinterp.run_analysis import build_report
+
+    out = Path(args.out) if args.out else Path(args.run) / "report.html"
+    print(f"wrote {write_report(out, build_report(args.run))}")
     return 0
 
 
@@ -124,6 +158,8 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steerinterp.run_analysis import ANALYSES
+
     p = argparse.ArgumentParser(prog="steerinterp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -132,7 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a reduced run in a few minutes (8 RL steps)")
     d.add_argument("--steps", type=int, default=None, help="RL steps (default 40, or 8 with --quick)")
     d.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    d.add_argument("--no-analysis", action="store_true", help="train and evaluate only (the report then has no analyses)")
     d.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("analyze", help="(re)run the analyses of a saved run (its vectors/) and rebuild its report.html")
+    a.add_argument("run", help="a run directory: the --out of `steerinterp demo` or `train`")
+    a.add_argument("--model", default=None, help="embedded (default), tiny, a local HF directory or a TL name")
+    a.add_argument("--task", default=None, help="default: the run's (run.json), else arithmetic")
+    a.add_argument("--only", default=None, help="comma-separated subset of: " + ", ".join(ANALYSES))
+    a.add_argument("--quick", action="store_true", help="fewer rollouts, layers and DiffSAE data")
+    a.add_argument("--threads", type=int, default=None)
+    a.set_defaults(func=cmd_analyze)
+
+    r = sub.add_parser("report", help="rebuild the self-contained report.html of a run from its saved files (no model)")
+    r.add_argument("run", help="a run directory")
+    r.add_argument("--out", default=None, help="output file (default RUN/report.html)")
+    r.set_defaults(func=cmd_report)
 
     g = sub.add_parser("generate", help="generate with optional saved steering vectors")
     g.add_argument("prompt", nargs="+")

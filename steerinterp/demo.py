@@ -4,8 +4,11 @@
 2. Evaluate it on held-out single-digit addition (greedy and sampled at T=1).
 3. Train one steering vector per layer with RLOO (the papers' recipe), weights frozen.
 4. Evaluate again with the vectors and collect example completions before / after.
+5. Analyse the vectors (``run_analysis.analyze_vectors``: logit lens, first-token substitution,
+   persistence, path patching, attention diff, DiffSAE) and build the HTML report.
 
-``quick`` trains 8 steps instead of 40 (a few minutes on 2 CPU cores instead of about 20).
+``quick`` trains 8 steps instead of 40 and runs reduced analyses (a few minutes on 2 CPU cores
+instead of about 20).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class DemoResult:
     evaluation: object  # EvalResult
     training: object  # TrainResult
     examples: list[dict] = field(default_factory=list)
+    analysis: object = None  # RunAnalysis
 
     def summary(self) -> str:
         df = self.evaluation.to_frame()
@@ -44,11 +48,15 @@ class DemoResult:
             lines.append(f"  {e['question']}  (answer {e['answer']})")
             lines.append(f"    base:    {e['base']!r}")
             lines.append(f"    steered: {e['steered']!r}")
+        if self.analysis is not None:
+            lines += ["", "analyses:"]
+            lines += [f"  {f.name}: {f.note}" for f in self.analysis.findings.values()]
         return "\n".join(lines)
 
 
 def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progress: bool = False,
-             samples: int | None = None) -> DemoResult:
+             samples: int | None = None, analyses=None) -> DemoResult:
+    """Train, evaluate and analyse; ``analyses``: names to run (``run_analysis.ANALYSES``), ``()`` for none."""
     import steerinterp as si
     from steerinterp.evaluate import evaluate
     from steerinterp.rl import TrainConfig, Trainer
@@ -67,12 +75,23 @@ def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progr
     for p in list(task.test)[:4]:
         rows = greedy[greedy["problem"] == p.id].set_index("variant")["completion"]
         examples.append({"question": p.question, "answer": p.answer, "base": rows["base"], "steered": rows["steered"]})
-    return DemoResult(getattr(model.cfg, "model_name", "model"), task.name, steps, ev, result, examples)
+    analysis = None
+    if analyses is None or len(analyses):
+        from steerinterp.run_analysis import analyze_vectors
+
+        analysis = analyze_vectors(model, vecs, task, quick=quick, only=analyses, progress=progress)
+    return DemoResult(getattr(model.cfg, "model_name", "model"), task.name, steps, ev, result, examples, analysis)
 
 
 def write_demo(result: DemoResult, out: Path, model=None) -> list[Path]:
-    """Write the vectors, metrics, evaluation table and summary under ``out``."""
+    """Write the vectors, metrics, evaluation table, summary, analyses and ``report.html`` under ``out``."""
+    from steerinterp.report import write_report
+    from steerinterp.run_analysis import build_report, save_analysis
+
     out.mkdir(parents=True, exist_ok=True)
+    info = out / "run.json"
+    info.write_text(json.dumps({"model": result.model_name, "task": result.task, "task_spec": "arithmetic:add1",
+                                "steps": result.steps}))
     vec_path = result.training.steering.save(out / "vectors", model=model, info={"task": result.task})
     metrics = out / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(m) + "\n" for m in result.training.metrics))
@@ -80,7 +99,11 @@ def write_demo(result: DemoResult, out: Path, model=None) -> list[Path]:
     result.evaluation.details().to_csv(table, index=False)
     summary = out / "summary.txt"
     summary.write_text(result.summary() + "\n")
-    return [vec_path, metrics, table, summary]
+    paths = [vec_path, metrics, table, summary, info]
+    if result.analysis is not None:
+        paths.append(save_analysis(result.analysis, out / "analysis"))
+    paths.append(write_report(out / "report.html", build_report(out, title="steerinterp demo")))
+    return paths
 
 
 __all__ = ["DemoResult", "run_demo", "write_demo"]

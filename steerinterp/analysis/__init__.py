@@ -15,7 +15,13 @@ from steerinterp.analysis.composition import CompositionResult, combine, compose
 from steerinterp.analysis.language import LanguageResult, language_shares, token_script
 from steerinterp.analysis.logit_lens import LogitLensResult, vector_logit_lens
 from steerinterp.analysis.patched_generation import PatchedAccuracyResult, PatchedEngine, patched_accuracy
-from steerinterp.analysis.path_patching import Node, PathPatchingResult, path_patch, token_logprob_metric
+from steerinterp.analysis.path_patching import (
+    Node,
+    PathPatchingResult,
+    completion_logprob_metric,
+    path_patch,
+    token_logprob_metric,
+)
 from steerinterp.analysis.persistence import PersistenceResult, persistence
 from steerinterp.analysis.prefix_control import PrefixControlResult, first_token_prob, prefix_control
 from steerinterp.analysis.residual_lens import ResidualLensResult, residual_logit_lens
@@ -45,5 +51,5 @@ __all__ = [
     "block_patching", "BlockPatchingResult", "Patch", "standard_patches",
     "patched_accuracy", "PatchedAccuracyResult", "PatchedEngine",
     "attention_diff", "AttentionDiffResult", "route_attribution", "RouteResult",
-    "path_patch", "Node", "PathPatchingResult", "token_logprob_metric",
+    "path_patch", "Node", "PathPatchingResult", "token_logprob_metric", "completion_logprob_metric",
 ]

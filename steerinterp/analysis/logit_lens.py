@@ -39,10 +39,11 @@ class LogitLensResult(AnalysisResult):
     mode: str
     vocab: list[str]
     k: int = 50
+    label: str = "layer"  # what the rows are: steering-vector layers, or e.g. SAE "feature"s
 
     def _row(self, layer: int) -> int:
         if layer not in self.layers:
-            raise SteerInterpError(f"layer {layer} is not in this logit lens (layers {self.layers})")
+            raise SteerInterpError(f"{self.label} {layer} is not in this logit lens ({self.label}s {self.layers})")
         return self.layers.index(layer)
 
     def top(self, layer: int, k: int | None = None, *, by: str = "cos", suppressed: bool = False) -> list[int]:
@@ -59,7 +60,7 @@ class LogitLensResult(AnalysisResult):
             prob = torch.softmax(self.dot[i], -1)
             for direction, suppressed in (("boosted", False), ("suppressed", True)):
                 for rank, t in enumerate(self.top(layer, k, by=by, suppressed=suppressed)):
-                    rows.append({"layer": layer, "direction": direction, "rank": rank, "token": self.vocab[t],
+                    rows.append({self.label: layer, "direction": direction, "rank": rank, "token": self.vocab[t],
                                  "token_id": t, "cos": float(self.cos[i, t]), "dot": float(self.dot[i, t]),
                                  "prob": float(prob[t])})
         return pd.DataFrame(rows)
@@ -77,7 +78,7 @@ class LogitLensResult(AnalysisResult):
             ids = down[::-1] + up
             fig = go.Figure(go.Bar(x=[float(self.cos[i, t]) for t in ids], y=[repr(self.vocab[t]) for t in ids],
                                    orientation="h", marker_color=["#c0392b"] * len(down) + ["#2471a3"] * len(up)))
-            fig.update_layout(title=f"logit lens ({self.mode}) of the layer-{layer} vector: top and bottom {k} tokens",
+            fig.update_layout(title=f"logit lens ({self.mode}) of {self.label} {layer}: top and bottom {k} tokens",
                               xaxis_title="cosine with W_U row", height=300 + 18 * len(ids))
             return fig
         if kind != "histogram":
@@ -85,7 +86,7 @@ class LogitLensResult(AnalysisResult):
         n = len(self.layers)
         cols = min(n, 6)
         rows = -(-n // cols)
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"layer {x}" for x in self.layers])
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{self.label} {x}" for x in self.layers])
         lo, hi = float(self.cos.min()), float(self.cos.max())
         edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
         centres = ((edges[1:] + edges[:-1]) / 2).tolist()

@@ -95,6 +95,19 @@ def token_logprob_metric(token: int, positions: str = "first") -> Callable:
     return metric
 
 
+def completion_logprob_metric() -> Callable:
+    """Metric: summed log-probability of each sequence's completion tokens (teacher-forced), e.g. of the
+    reference answer when the batch's completions are the references."""
+    def metric(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        lp = torch.log_softmax(logits[:, :-1].double(), -1)
+        target = batch.tokens[:, 1:].to(logits.device)
+        picked = lp.gather(-1, target[..., None])[..., 0]
+        return (picked * batch.predicting_mask[:, :-1].to(logits.device)).sum(-1)
+
+    metric.__name__ = "completion_logprob"
+    return metric
+
+
 @dataclass
 class PathPatchingResult(AnalysisResult):
     senders: list[str]

@@ -1,0 +1,135 @@
+"""DiffSAE (PAPER_NOTES section 4.6; Figs 7-8 of the second paper) on the embedded model.
+
+1. Sample completions of the add1 problems from the model steered by the RL-trained all-layer
+   vectors (temperature 1) and label them with the task's verifier.
+2. Teacher-force them with and without steering; collect delta = h_steered - h_base at several
+   layers (prompt and completion tokens, never position 0).
+3. Train one TopK DiffSAE per layer with sae-lens (FVU, L0, dead latents on held-out generations).
+4. Rank features by how differently often they fire on correct vs incorrect generations (Fisher
+   exact test, BH q-values); Fig 7 as grouped bars; top contexts and decoder logit lens (Fig 8).
+5. Attribute the log-probability of the reference answer to the last SAE's features (activation x
+   gradient with the error term), and steer the unsteered model with the top feature's direction.
+
+    python examples/diffsae/run.py                  # about 10 minutes on 2 CPU threads
+    python examples/diffsae/run.py --samples 2 --layers 15,29 --tag quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import steerinterp as si
+from steerinterp import analysis as A
+from steerinterp import sae as S
+from steerinterp.evaluate import evaluate
+from steerinterp.figures import write_figure
+from steerinterp.tasks import arithmetic_task
+
+HERE = Path(__file__).parent
+VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vectors", default=str(VECTORS))
+    ap.add_argument("--tag", default="add1")
+    ap.add_argument("--layers", default="5,10,15,20,25,29")
+    ap.add_argument("--samples", type=int, default=8, help="completions per problem")
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--expansion", type=int, default=4)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = [int(x) for x in args.layers.split(",")]
+    summary = {"layers": layers}
+
+    model = si.load_model()
+    vecs = si.SteeringSet.load(args.vectors, model=model)
+    task = arithmetic_task("add1")
+    problems = list(task.train) + list(task.test)
+
+    t0 = time.perf_counter()
+    gens = S.sample_labelled(model, task, vecs, problems=problems, samples_per_problem=args.samples, seed=0,
+                             max_new_tokens=32, progress=True)
+    summary.update(generations=len(gens), accuracy=gens.accuracy, sampling_s=time.perf_counter() - t0)
+    print(f"{len(gens)} steered generations, {gens.accuracy:.1%} correct ({time.perf_counter() - t0:.0f} s)")
+    gens.to_frame().to_csv(out / f"{args.tag}-generations.csv", index=False)
+
+    t0 = time.perf_counter()
+    diffs = S.collect_differences(model, gens, vecs, layers, positions="all", batch_size=16)
+    summary["collect_s"] = time.perf_counter() - t0
+    print(f"collected {len(next(iter(diffs.values())))} rows per layer in {summary['collect_s']:.0f} s")
+
+    quality, freqs, saes = [], {}, {}
+    for layer in layers:
+        d = diffs[f"blocks.{layer}.hook_resid_post"]
+        dsae = S.train_diff_sae(d, k=args.k, d_sae=args.expansion * d.d_in, model_name="SmolLM2-135M-Instruct")
+        saes[layer] = dsae
+        dsae.save(out / "saes" / f"layer{layer}")
+        frame = dsae.to_frame()
+        frame["layer"], frame["tokens_per_s"], frame["mean_delta_norm"] = layer, dsae.tokens_per_second, d.mean_norm()
+        quality.append(frame)
+        freqs[layer] = S.feature_frequencies(dsae, d)
+        h = dsae.heldout_quality
+        print(f"layer {layer}: |delta| {d.mean_norm():.2f}, held-out FVU {h.fvu:.3f}, L0 {h.l0:.1f}, dead "
+              f"{h.dead}/{h.d_sae}, {dsae.tokens_per_second:,.0f} tokens/s; top feature "
+              f"{freqs[layer].top(1)[0]}: correct {freqs[layer].freq_correct[freqs[layer].top(1)[0]]:.2f} vs "
+              f"incorrect {freqs[layer].freq_incorrect[freqs[layer].top(1)[0]]:.2f} "
+              f"(q {freqs[layer].q_value[freqs[layer].top(1)[0]]:.2g})")
+        freqs[layer].to_frame(k=30).to_csv(out / f"{args.tag}-layer{layer}-frequencies.csv", index=False)
+        write_figure(freqs[layer].plot(), out / f"{args.tag}-layer{layer}-frequencies.html")
+    import pandas as pd
+
+    pd.concat(quality).to_csv(out / f"{args.tag}-sae-quality.csv", index=False)
+    by_layer = S.frequencies_by_layer(freqs, k=3)
+    by_layer.to_frame().to_csv(out / f"{args.tag}-frequency-by-layer.csv", index=False)
+    write_figure(by_layer.plot(), out / f"{args.tag}-frequency-by-layer.html")
+    summary["significant_features"] = {layer: int((f.q_value < 0.05).sum()) for layer, f in freqs.items()}
+
+    last = layers[-1]
+    d_last = diffs[f"blocks.{last}.hook_resid_post"]
+    top = freqs[last].top(3)
+    ctx = S.top_contexts(model, saes[last], d_last, top, k=5, window=6)
+    ctx.to_frame().to_csv(out / f"{args.tag}-layer{last}-top-contexts.csv", index=False)
+    lens = S.decoder_logit_lens(model, saes[last], top, mode="norm", k=10)
+    lens.to_frame(k=10).to_csv(out / f"{args.tag}-layer{last}-decoder-lens.csv", index=False)
+    for f in top:
+        t = lens.to_frame(k=6)
+        t = t[t.feature == f]
+        print(f"layer {last} feature {f}: boosts {list(t[t.direction == 'boosted'].token)}; contexts "
+              f"{list(ctx.to_frame().query('feature == @f').token)[:5]}")
+
+    # attribution of log p(reference answer) to the last layer's features on held-out problems
+    test = list(task.test)
+    batch = A.teacher_forcing_batch(model, task.prompts(model, test), [p.final_answer for p in test])
+    attr = S.sae_feature_attribution(model, batch, saes[last], A.completion_logprob_metric(), steering=vecs)
+    attr.to_frame(k=20).to_csv(out / f"{args.tag}-layer{last}-attribution.csv", index=False)
+    write_figure(attr.plot(), out / f"{args.tag}-layer{last}-attribution.html")
+    summary["attribution"] = {"output_change": attr.output_change, "features": float(attr.attribution.sum()),
+                              "error": float(attr.error.sum()), "bias": float(attr.bias.sum()),
+                              "reference": float(attr.reference.sum()), "grad_x_input": float(attr.grad_x_input.sum()),
+                              "top": attr.top(5)}
+    print(f"attribution of log p(answer) at layer {last}: features {attr.attribution.sum():.2f}, error "
+          f"{attr.error.sum():.2f}, output change {attr.output_change:.1e}; top features {attr.top(5)}")
+
+    # steering the unsteered model with the top attributed feature at the norm of that layer's vector
+    f = attr.top(1, sign="positive")[0]
+    norm = float(vecs[last].vector.norm() * vecs[last].scale)
+    feature_set = si.SteeringSet([S.feature_vector(saes[last], f, norm=norm)])
+    ev = evaluate(model, task, {"base": None, f"feature {f}": feature_set, "vectors": vecs}, samples=2)
+    ev.to_frame().to_csv(out / f"{args.tag}-feature-steering.csv", index=False)
+    summary["feature_steering"] = ev.to_frame().to_dict(orient="records")
+    print(ev.to_frame().to_string(index=False))
+    (out / f"{args.tag}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

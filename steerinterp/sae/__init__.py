@@ -1,0 +1,45 @@
+"""DiffSAE: sparse autoencoders on steering-induced activation differences, trained with sae-lens
+(PAPER_NOTES section 4.6), and SAE-feature attribution for any sae-lens SAE.
+
+    from steerinterp import sae as S
+    gens = S.sample_labelled(model, task, vecs, samples_per_problem=4)          # labelled by the verifier
+    diffs = S.collect_differences(model, gens, vecs, hooks=[10, 20])            # {hook: DiffActivations}
+    dsae = S.train_diff_sae(diffs["blocks.20.hook_resid_post"])                 # TopK, k=32, 4x
+    freq = S.feature_frequencies(dsae, diffs["blocks.20.hook_resid_post"])      # correct vs incorrect
+    S.top_contexts(model, dsae, diffs[...], freq.top(3)); S.decoder_logit_lens(model, dsae, freq.top(3))
+    S.sae_feature_attribution(model, batch, dsae, metric, steering=vecs)        # activation x gradient
+    S.feature_vector(dsae, freq.top(1)[0], norm=8.0)                            # a SteeringVector
+"""
+
+from steerinterp.sae.attribution import FeatureAttributionResult, sae_feature_attribution
+from steerinterp.sae.collect import (
+    DiffActivations,
+    LabelledGenerations,
+    collect_differences,
+    concat_differences,
+    iter_differences,
+    label_generations,
+    sample_labelled,
+)
+from steerinterp.sae.features import (
+    FeatureFrequencyResult,
+    FrequencyByLayer,
+    TopContextsResult,
+    decoder_logit_lens,
+    feature_frequencies,
+    frequencies_by_layer,
+    top_contexts,
+)
+from steerinterp.sae.steer import feature_vector
+from steerinterp.sae.store import DiffActivationStore, ShardedDiffs, activation_batches, write_difference_store
+from steerinterp.sae.train import DiffSAE, SAEQuality, load_diff_sae, sae_quality, train_diff_sae
+
+__all__ = [
+    "sample_labelled", "label_generations", "LabelledGenerations",
+    "collect_differences", "iter_differences", "concat_differences", "DiffActivations",
+    "write_difference_store", "DiffActivationStore", "ShardedDiffs", "activation_batches",
+    "train_diff_sae", "DiffSAE", "load_diff_sae", "sae_quality", "SAEQuality",
+    "feature_frequencies", "FeatureFrequencyResult", "frequencies_by_layer", "FrequencyByLayer",
+    "top_contexts", "TopContextsResult", "decoder_logit_lens",
+    "sae_feature_attribution", "FeatureAttributionResult", "feature_vector",
+]

@@ -1,0 +1,200 @@
+"""Differences on disk, for runs larger than memory, and the shuffled batch streams SAE training reads.
+
+``write_difference_store(directory, chunks, labels)`` writes the chunks of ``iter_differences`` as
+safetensors shards, one folder per hook, each shard written to a temporary name and renamed, and
+the metadata last, so a store that has ``meta.json`` is complete. ``DiffActivationStore(directory)``
+opens it; ``store[hook]`` is a ``ShardedDiffs`` that loads shards one at a time.
+
+``activation_batches(source, batch_size, seed=...)`` is the endless, seeded stream of shuffled rows
+that sae-lens's trainer consumes, from memory (a ``DiffActivations``) or from shards (a shuffle
+buffer of whole shards). Batch ``i`` of a stream depends only on the seed and ``i``, which is what
+lets an interrupted SAE training resume on the exact batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors.torch import load_file, save_file
+
+from steerinterp.errors import SteerInterpError
+from steerinterp.sae.collect import DiffActivations, concat_differences
+
+META = "meta.json"
+FIELDS = ("delta", "sample", "position", "token", "in_completion")
+
+
+def _folder(hook_name: str) -> str:
+    return hook_name.replace("/", "_")
+
+
+def write_difference_store(directory, chunks: Iterable[dict[str, DiffActivations]], *, labels,
+                           sample_tokens: list[list[int]] | None = None, info: dict | None = None) -> Path:
+    """Write each chunk's differences as one shard per hook; returns the directory.
+
+    ``labels``: one bool per sample (``LabelledGenerations.correct``); ``sample_tokens``: each
+    sample's token row (for ``top_contexts``); ``info``: anything JSON-serialisable to keep with it.
+    """
+    directory = Path(directory)
+    if (directory / META).exists():
+        raise SteerInterpError(f"{directory} already holds a difference store; choose a new directory or delete it")
+    directory.mkdir(parents=True, exist_ok=True)
+    shards: dict[str, list[int]] = {}
+    d_in: dict[str, int] = {}
+    for i, chunk in enumerate(chunks):
+        for name, d in chunk.items():
+            folder = directory / _folder(name)
+            folder.mkdir(exist_ok=True)
+            path = folder / f"shard_{i:05d}.safetensors"
+            tmp = path.with_suffix(".tmp")
+            save_file({f: getattr(d, f).contiguous() for f in FIELDS}, str(tmp))
+            os.replace(tmp, path)
+            shards.setdefault(name, []).append(len(d))
+            d_in[name] = d.d_in
+    if not shards:
+        raise SteerInterpError("no differences were produced; the inputs were empty")
+    labels = torch.as_tensor(labels, dtype=torch.bool).tolist()
+    meta = {"hooks": {name: {"folder": _folder(name), "rows": rows, "d_in": d_in[name]} for name, rows in shards.items()},
+            "labels": labels, "sample_tokens": sample_tokens or [], "info": info or {}}
+    tmp = directory / (META + ".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, directory / META)
+    return directory
+
+
+@dataclass
+class ShardedDiffs:
+    """One hook's differences on disk; ``sample_mask`` (if set) keeps only those samples' rows."""
+
+    directory: Path
+    hook_name: str
+    shard_rows: list[int]
+    d_in: int
+    labels: Bool[torch.Tensor, "samples"]
+    sample_tokens: list[list[int]]
+    sample_mask: Bool[torch.Tensor, "samples"] | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shard_rows)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.labels)
+
+    def shard(self, i: int) -> DiffActivations:
+        path = self.directory / _folder(self.hook_name) / f"shard_{i:05d}.safetensors"
+        try:
+            t = load_file(str(path))
+        except FileNotFoundError:
+            raise SteerInterpError(f"shard {path} is missing; the difference store is incomplete") from None
+        d = DiffActivations(self.hook_name, *(t[f] for f in FIELDS), self.labels, self.sample_tokens)
+        return d if self.sample_mask is None else d.select(self.sample_mask[d.sample])
+
+    def __len__(self) -> int:
+        if self.sample_mask is None:
+            return sum(self.shard_rows)
+        return sum(len(self.shard(i)) for i in range(self.n_shards))
+
+    def load(self) -> DiffActivations:
+        """Every shard in memory as one ``DiffActivations``."""
+        return concat_differences([self.shard(i) for i in range(self.n_shards)], sample_tokens=self.sample_tokens)
+
+    def split_samples(self, heldout: float, seed: int = 0) -> tuple[ShardedDiffs, ShardedDiffs]:
+        """(train, held-out) views split by whole samples, with the same rule as ``DiffActivations``."""
+        probe = DiffActivations(self.hook_name, torch.zeros(self.n_samples, 1), torch.arange(self.n_samples),
+                                torch.zeros(self.n_samples, dtype=torch.long), torch.zeros(self.n_samples, dtype=torch.long),
+                                torch.ones(self.n_samples, dtype=torch.bool), self.labels)
+        train, held = probe.split_samples(heldout, seed)
+        masks = []
+        for part in (train, held):
+            m = torch.zeros(self.n_samples, dtype=torch.bool)
+            m[part.sample] = True
+            if self.sample_mask is not None:
+                m &= self.sample_mask
+            masks.append(m)
+        return tuple(ShardedDiffs(self.directory, self.hook_name, self.shard_rows, self.d_in, self.labels,
+                                  self.sample_tokens, m) for m in masks)
+
+
+class DiffActivationStore:
+    """A difference store written by ``write_difference_store``; ``store[hook]`` -> ``ShardedDiffs``."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        meta_path = self.directory / META
+        if not meta_path.exists():
+            raise SteerInterpError(f"{self.directory} is not a complete difference store (no {META}); "
+                                   "write one with steerinterp.sae.write_difference_store")
+        self.meta = json.loads(meta_path.read_text())
+        self.labels = torch.tensor(self.meta["labels"], dtype=torch.bool)
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.meta["hooks"])
+
+    @property
+    def info(self) -> dict:
+        return self.meta["info"]
+
+    def __getitem__(self, hook) -> ShardedDiffs:
+        name = f"blocks.{hook}.hook_resid_post" if isinstance(hook, int) else hook
+        if name not in self.meta["hooks"]:
+            raise SteerInterpError(f"this store has no differences at {name!r}; it has {', '.join(self.hooks)}")
+        h = self.meta["hooks"][name]
+        return ShardedDiffs(self.directory, name, list(h["rows"]), int(h["d_in"]), self.labels, self.meta["sample_tokens"])
+
+
+def _check_source(source) -> None:
+    if not isinstance(source, (DiffActivations, ShardedDiffs)):
+        raise SteerInterpError(f"expected DiffActivations or a store's ShardedDiffs, got {type(source).__name__}")
+
+
+def activation_batches(source: DiffActivations | ShardedDiffs, batch_size: int, *, seed: int = 0,
+                       start_batch: int = 0, buffer_shards: int = 16) -> Iterator[Float[torch.Tensor, "batch d"]]:
+    """Endless seeded stream of shuffled ``[batch_size, d_in]`` rows (epoch after epoch).
+
+    In memory every epoch is one permutation of all rows; from shards, epochs visit shards in a
+    seeded order and shuffle the rows of ``buffer_shards`` shards at a time. ``start_batch`` skips
+    the first batches exactly (a resumed run continues the same stream).
+    """
+    _check_source(source)
+    if batch_size < 1:
+        raise SteerInterpError(f"batch_size must be >= 1, got {batch_size}")
+    if len(source) == 0:
+        raise SteerInterpError(f"no rows at {source.hook_name} to train on")
+    rows = _row_stream(source, seed, buffer_shards)
+    pending: list[torch.Tensor] = []
+    have = 0
+    produced = 0
+    for block in rows:
+        pending.append(block)
+        have += len(block)
+        while have >= batch_size:
+            flat = torch.cat(pending)
+            batch, rest = flat[:batch_size], flat[batch_size:]
+            pending, have = [rest], len(rest)
+            if produced >= start_batch:
+                yield batch
+            produced += 1
+
+
+def _row_stream(source, seed: int, buffer_shards: int) -> Iterator[torch.Tensor]:
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        if isinstance(source, DiffActivations):
+            yield source.delta[torch.randperm(len(source), generator=g)]
+        else:
+            order = torch.randperm(source.n_shards, generator=g).tolist()
+            for i in range(0, len(order), buffer_shards):
+                buf = torch.cat([source.shard(j).delta for j in order[i : i + buffer_shards]])
+                if len(buf):
+                    yield buf[torch.randperm(len(buf), generator=g)]
+        epoch += 1

@@ -1,0 +1,125 @@
+"""The run analyses, the self-contained HTML report, `steerinterp analyze` / `report`, and the report in a
+real headless Chromium (Debian's), offline: every figure renders, no console errors, no network."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import steerinterp as si
+from steerinterp.cli import main as cli_main
+from steerinterp.errors import SteerInterpError
+from steerinterp.report import Section, render_report
+from steerinterp.run_analysis import ANALYSES, analyze_vectors, build_report, save_analysis
+from steerinterp.tasks import arithmetic_task
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny, tmp_path_factory):
+    """A run directory as `steerinterp demo` leaves it, with analyses of random all-layer vectors on the tiny model."""
+    g = torch.Generator().manual_seed(0)
+    vecs = si.SteeringSet.from_tensors(tiny, {layer: torch.randn(tiny.cfg.d_model, generator=g)
+                                              for layer in range(tiny.cfg.n_layers)})
+    run = tmp_path_factory.mktemp("run")
+    vecs.save(run / "vectors", model=tiny)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "accuracy": i / 4, "reward_mean": i / 2 - 1}) + "\n"
+                                               for i in range(4)))
+    (run / "summary.txt").write_text("a summary line\n")
+    (run / "run.json").write_text(json.dumps({"model": "tiny", "task_spec": "arithmetic:add1"}))
+    analysis = analyze_vectors(tiny, vecs, arithmetic_task("add1"), quick=True)
+    save_analysis(analysis, run / "analysis")
+    (run / "report.html").write_text(build_report(run))
+    return run, analysis
+
+
+def test_every_analysis_runs_and_is_saved(run_dir):
+    run, analysis = run_dir
+    assert list(analysis.findings) == list(ANALYSES)
+    index = json.loads((run / "analysis" / "index.json").read_text())
+    for name in ANALYSES:
+        f = analysis.findings[name]
+        assert f.note and f.figures and f.tables, name
+        assert index[name]["figures"] and all((run / "analysis" / x).exists() for x in index[name]["figures"])
+    assert "path_patching" in analysis.to_frame()["analysis"].tolist()
+
+
+def test_report_is_self_contained(run_dir):
+    run, analysis = run_dir
+    page = (run / "report.html").read_text()
+    n_figures = 1 + sum(len(f.figures) for f in analysis.findings.values())  # + the training curve
+    assert page.count('<div class="figure"') == n_figures
+    assert "<script src=" not in page and '<link ' not in page and "Plotly.newPlot" in page  # plotly.js inlined
+    assert "cdn.plot.ly" not in page.split("</head>", 1)[1]
+    assert "a summary line" in page and "task_spec: arithmetic:add1" in page
+    for title in ("Training", "Logit lens", "DiffSAE"):
+        assert title in page
+
+
+def test_render_report_escapes_text_and_script_endings():
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=["</script><b>"], y=[1]))
+    page = render_report("t <x>", [Section("s & t", ["<i>no</i>"], [pd.DataFrame({"a": ["<b>"]})], [fig])])
+    assert "&lt;i&gt;no&lt;/i&gt;" in page and "t &lt;x&gt;" in page
+    body = page.split("</head>", 1)[1]
+    assert body.count("</script>") == 2  # the figure's JSON and the drawing script; the label's is escaped
+
+
+def test_cli_report_and_analyze(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "report.html").unlink()
+    assert cli_main(["report", str(copy)]) == 0
+    assert (copy / "report.html").read_text().count('<div class="figure"') > 5
+    assert cli_main(["analyze", str(copy), "--model", "tiny", "--quick", "--only", "logit_lens,attention"]) == 0
+    assert set(json.loads((copy / "analysis" / "index.json").read_text())) == {"logit_lens", "attention"}
+    assert cli_main(["analyze", str(tmp_path), "--model", "tiny"]) == 2
+    assert "no vectors/" in capsys.readouterr().err
+    assert cli_main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_analyses_need_the_last_two_layers(tiny):
+    vecs = si.SteeringSet.from_tensors(tiny, {0: torch.ones(tiny.cfg.d_model)})
+    with pytest.raises(SteerInterpError, match="last two layers"):
+        analyze_vectors(tiny, vecs, arithmetic_task("add1"))
+    with pytest.raises(SteerInterpError, match="unknown analysis 'nope'"):
+        analyze_vectors(tiny, vecs, arithmetic_task("add1"), only=["nope"])
+
+
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (apt-get install chromium); CI installs it")
+def test_report_renders_in_headless_chromium_offline(run_dir):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must install Debian's chromium (see .ci/run)"
+    run, analysis = run_dir
+    n_figures = 1 + sum(len(f.figures) for f in analysis.findings.values())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            problems, requests = [], []
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(Path(run / "report.html").resolve().as_uri())
+            page.wait_for_load_state("load")
+            rendered = page.evaluate("Array.from(document.querySelectorAll('div.figure')).map("
+                                     "d => d.classList.contains('js-plotly-plot') && d.querySelectorAll('.main-svg').length > 0"
+                                     " && (d.data || []).length > 0)")
+            tables = page.evaluate("document.querySelectorAll('table.dataframe').length")
+        finally:
+            browser.close()
+    assert rendered == [True] * n_figures
+    assert tables >= len(ANALYSES)
+    assert problems == []
+    assert all(u.startswith("file:") for u in requests), requests

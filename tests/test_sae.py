@@ -1,0 +1,355 @@
+"""DiffSAE and SAE-feature attribution on tiny models and hand-built SAEs: identities and oracles."""
+
+import shutil
+
+import pytest
+import torch
+
+import steerinterp as si
+from steerinterp import analysis as A
+from steerinterp import sae as S
+from steerinterp.errors import SteerInterpError
+
+PROMPTS = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nWhat is 4 + 4?<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nhi<|im_end|>\n"]
+COMPLETIONS = ["To solve it: 5", "8", "hello there friend"]
+LABELS = [True, False, True]
+
+
+def _vec(model, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(model.cfg.d_model, generator=g, dtype=model.cfg.dtype) * scale
+
+
+@pytest.fixture(scope="module")
+def batch64(tiny64):
+    return A.teacher_forcing_batch(tiny64, PROMPTS, COMPLETIONS)
+
+
+def _relu_sae(d_in, d_sae, *, w_enc=None, w_dec=None, dtype="float64", hook="blocks.1.hook_resid_post"):
+    """A sae-lens StandardSAE (ReLU) with given weights and zero biases."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype=dtype))
+    with torch.no_grad():
+        if w_enc is not None:
+            sae.W_enc.copy_(w_enc)
+        if w_dec is not None:
+            sae.W_dec.copy_(w_dec)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    sae.cfg.metadata.hook_name = hook
+    return sae
+
+
+def _planted(n=4000, d=16, n_dirs=24, seed=0, hook="blocks.1.hook_resid_post"):
+    """Rows that are sparse non-negative combinations of fixed directions, 20 rows per sample."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_dirs, d, generator=g)
+    codes = (torch.rand(n, n_dirs, generator=g) < 0.08).float() * (1 + torch.rand(n, n_dirs, generator=g))
+    samples = torch.arange(n) // 20
+    return S.DiffActivations(hook, codes @ dirs, samples, torch.arange(n) % 20, torch.zeros(n, dtype=torch.long),
+                             torch.ones(n, dtype=torch.bool), torch.arange(n // 20) % 3 == 0)
+
+
+# --- collecting differences -------------------------------------------------------------------------
+
+def test_differences_are_zero_before_and_exactly_the_vector_at_the_steered_layer(tiny64, batch64):
+    s = _vec(tiny64, 1)
+    vecs = si.SteeringSet.from_tensors(tiny64, {1: s})
+    diffs = S.collect_differences(tiny64, batch64, vecs, [0, 1, 3], labels=LABELS)
+    assert set(diffs) == {f"blocks.{i}.hook_resid_post" for i in (0, 1, 3)}
+    at0, at1, at3 = (diffs[f"blocks.{i}.hook_resid_post"] for i in (0, 1, 3))
+    assert at0.delta.abs().max() == 0
+    assert torch.allclose(at1.delta, s.float().expand_as(at1.delta), atol=1e-6)
+    assert at3.delta.norm(dim=-1).min() > 0
+    # rows: every position predicting a completion token, labelled with its sample's label
+    assert len(at1) == int(batch64.predicting_mask.sum())
+    assert at1.in_completion.all()
+    assert at1.row_labels.tolist() == [LABELS[i] for i in at1.sample.tolist()]
+    assert at1.token.tolist() == [int(batch64.tokens[b, p]) for b, p in zip(at1.sample, at1.position)]
+    assert len(at1.sample_tokens) == 3
+
+
+def test_all_positions_leave_out_the_attention_sink_and_chunking_changes_nothing(tiny64, batch64):
+    vecs = si.SteeringSet.from_tensors(tiny64, {1: _vec(tiny64, 2)})
+    full = S.collect_differences(tiny64, batch64, vecs, 2, labels=LABELS, positions="all")["blocks.2.hook_resid_post"]
+    first_real = batch64.attention_mask.argmax(-1)
+    assert len(full) == int(batch64.attention_mask.sum()) - 3
+    assert not any(int(p) == int(first_real[s]) for s, p in zip(full.sample, full.position))
+    assert (~full.in_completion).any() and full.in_completion.any()
+    chunked = S.collect_differences(tiny64, batch64, vecs, 2, labels=LABELS, positions="all", batch_size=1)
+    assert torch.equal(chunked["blocks.2.hook_resid_post"].delta, full.delta)
+    assert torch.equal(chunked["blocks.2.hook_resid_post"].sample, full.sample)
+    with pytest.raises(SteerInterpError, match="no hook point"):
+        S.collect_differences(tiny64, batch64, vecs, 99, labels=LABELS)
+    with pytest.raises(SteerInterpError, match="one label per sample"):
+        S.collect_differences(tiny64, batch64, vecs, 2, labels=[True])
+    with pytest.raises(SteerInterpError, match="positions="):
+        S.collect_differences(tiny64, batch64, vecs, 2, labels=LABELS, positions="prompt")
+
+
+def test_labelled_generations_use_the_tasks_verifier(tiny):
+    from steerinterp.tasks import arithmetic_task
+
+    task = arithmetic_task("add1")
+    gens = S.sample_labelled(tiny, task, si.SteeringSet.from_tensors(tiny, {1: _vec(tiny, 3)}),
+                             problems=task.train[:3], samples_per_problem=2, max_new_tokens=4, seed=1)
+    assert len(gens) == 6 and gens.problem_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert gens.correct.tolist() == [task.is_correct(t, task.train[i]) for t, i in zip(gens.output.texts, [0, 0, 1, 1, 2, 2])]
+    forced = S.label_generations(task, task.train[:3], gens.output, [0, 0, 1, 1, 2, 2])
+    forced.output.texts[0] = str(task.train[0].final_answer)
+    assert S.label_generations(task, task.train[:3], forced.output, [0, 0, 1, 1, 2, 2]).correct[0]
+    assert list(gens.to_frame().columns)[-2:] == ["problem", "correct"]
+
+
+# --- the store and the activation stream ------------------------------------------------------------
+
+def test_store_round_trip_and_split(tiny64, batch64, tmp_path):
+    vecs = si.SteeringSet.from_tensors(tiny64, {1: _vec(tiny64, 4)})
+    mem = S.collect_differences(tiny64, batch64, vecs, [1, 2], labels=LABELS, batch_size=1)
+    chunks = S.iter_differences(tiny64, batch64, vecs, [1, 2], labels=LABELS, batch_size=1)
+    S.write_difference_store(tmp_path / "d", chunks, labels=LABELS, sample_tokens=batch64.tokens.tolist())
+    store = S.DiffActivationStore(tmp_path / "d")
+    assert store.hooks == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+    disk = store[2]
+    assert disk.n_shards == 3 and len(disk) == len(mem["blocks.2.hook_resid_post"])
+    loaded = disk.load()
+    for f in ("delta", "sample", "position", "token", "in_completion"):
+        assert torch.equal(getattr(loaded, f), getattr(mem["blocks.2.hook_resid_post"], f))
+    train, held = disk.split_samples(0.34, seed=0)
+    mtrain, mheld = mem["blocks.2.hook_resid_post"].split_samples(0.34, seed=0)
+    assert torch.equal(train.load().sample, mtrain.sample) and torch.equal(held.load().sample, mheld.sample)
+    assert set(held.load().sample.tolist()).isdisjoint(train.load().sample.tolist())
+    with pytest.raises(SteerInterpError, match="already holds"):
+        S.write_difference_store(tmp_path / "d", [], labels=LABELS)
+    shutil.rmtree(tmp_path / "d" / "blocks.2.hook_resid_post")
+    with pytest.raises(SteerInterpError, match="missing"):
+        store[2].load()
+    with pytest.raises(SteerInterpError, match="not a complete difference store"):
+        S.DiffActivationStore(tmp_path)
+
+
+def test_activation_batches_are_seeded_epoch_permutations_and_skip_exactly():
+    acts = _planted(n=200, d=4)
+    stream = S.activation_batches(acts, 50, seed=3)
+    epoch = torch.cat([next(stream) for _ in range(4)])
+    assert torch.equal(epoch[torch.argsort(epoch[:, 0])], acts.delta[torch.argsort(acts.delta[:, 0])])
+    again = S.activation_batches(acts, 50, seed=3)
+    first = [next(again) for _ in range(7)]
+    skipped = S.activation_batches(acts, 50, seed=3, start_batch=5)
+    assert torch.equal(next(skipped), first[5]) and torch.equal(next(skipped), first[6])
+    assert not torch.equal(next(S.activation_batches(acts, 50, seed=4)), first[0])
+
+
+def test_sharded_stream_visits_every_row_each_epoch(tmp_path):
+    acts = _planted(n=240, d=4)
+    parts = [acts.select(torch.arange(i, min(i + 70, 240))) for i in range(0, 240, 70)]
+    S.write_difference_store(tmp_path / "s", ({acts.hook_name: p} for p in parts), labels=acts.labels)
+    disk = S.DiffActivationStore(tmp_path / "s")[acts.hook_name]
+    stream = S.activation_batches(disk, 40, seed=0, buffer_shards=2)
+    epoch = torch.cat([next(stream) for _ in range(6)])
+    assert torch.equal(epoch[torch.argsort(epoch[:, 0])], acts.delta[torch.argsort(acts.delta[:, 0])])
+
+
+# --- training with sae-lens -------------------------------------------------------------------------
+
+def test_topk_sae_learns_planted_directions_and_reports_quality(tmp_path):
+    acts = _planted()
+    dsae = S.train_diff_sae(acts, d_sae=48, k=4, batch_size=256, training_tokens=60_000, lr=2e-3)
+    q = dsae.heldout_quality
+    assert type(dsae.sae).__name__ == "TopKSAE"
+    assert q.n_rows == 400 and dsae.train_quality.n_rows == 3600
+    assert q.fvu < 0.2 and q.l0 <= 4 and 0 <= q.dead < 48
+    # the report matches a recomputation by hand
+    _, held = acts.split_samples(0.1, 0)
+    with torch.no_grad():
+        acts_h = dsae.sae.encode(held.delta)
+        recon = dsae.sae.decode(acts_h)
+    fvu = ((held.delta - recon) ** 2).sum() / ((held.delta - held.delta.mean(0)) ** 2).sum()
+    assert abs(float(fvu) - q.fvu) < 1e-4 and abs(float((acts_h != 0).sum(-1).float().mean()) - q.l0) < 1e-6
+    # save / load keeps the SAE and its report
+    back = S.load_diff_sae(dsae.save(tmp_path / "sae"))
+    assert back.hook_name == acts.hook_name and back.heldout_quality == q
+    assert torch.equal(back.sae.encode(held.delta), acts_h)
+    assert set(dsae.to_frame()["split"]) == {"train", "heldout"}
+
+
+def test_interrupted_sae_training_resumes_to_identical_weights(tmp_path):
+    acts = _planted(n=2000)
+    kw = dict(d_sae=32, k=4, batch_size=200, training_tokens=8_000, lr=1e-3, n_checkpoints=3)
+    whole = S.train_diff_sae(acts, checkpoint_dir=tmp_path / "a", **kw)
+    S.train_diff_sae(acts, checkpoint_dir=tmp_path / "b", **kw)
+    kept = sorted((p for p in (tmp_path / "b").iterdir()), key=lambda p: int(p.name))
+    for later in kept[1:]:  # as if the run had died right after its first checkpoint
+        shutil.rmtree(later)
+    resumed = S.train_diff_sae(acts, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    for name, t in whole.sae.state_dict().items():
+        assert torch.equal(t, resumed.sae.state_dict()[name]), name
+
+
+def test_other_sae_lens_architectures_and_clear_errors():
+    acts = _planted(n=1000)
+    std = S.train_diff_sae(acts, architecture="standard", d_sae=32, batch_size=200, training_tokens=2_000,
+                           sae_kwargs={"l1_coefficient": 1.0})
+    assert type(std.sae).__name__ == "StandardSAE"
+    with pytest.raises(SteerInterpError, match="not a sae-lens training architecture; choose from"):
+        S.train_diff_sae(acts, architecture="nope")
+    with pytest.raises(SteerInterpError, match="no setting 'colour'"):
+        S.train_diff_sae(acts, batch_size=200, sae_kwargs={"colour": 1})
+    with pytest.raises(SteerInterpError, match="fewer than one batch"):
+        S.train_diff_sae(acts, batch_size=5000)
+    with pytest.raises(SteerInterpError, match="checkpoint_dir"):
+        S.train_diff_sae(acts, resume=True)
+
+
+# --- feature statistics -------------------------------------------------------------------------------
+
+def _hand_labelled():
+    """4 samples (2 correct), d=3; with an identity ReLU SAE feature i fires iff delta_i > 0."""
+    delta = torch.tensor([[1., 0, 0], [0, 2, 0], [3, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 5], [0, 0, 1]])
+    sample = torch.tensor([0, 0, 1, 1, 2, 3, 3])
+    comp = torch.tensor([True, True, True, True, True, True, False])
+    labels = torch.tensor([True, True, False, False])
+    tokens = [[10, 11, 12], [13, 14, 15], [16, 17, 18], [19, 20, 21]]
+    pos = torch.tensor([0, 1, 0, 1, 2, 1, 2])
+    return S.DiffActivations("blocks.1.hook_resid_post", delta, sample, pos, torch.tensor([t[p] for t, p in zip(
+        [tokens[s] for s in sample.tolist()], pos.tolist())]), comp, labels, tokens)
+
+
+def test_feature_frequencies_oracle():
+    from scipy.stats import fisher_exact
+
+    d = _hand_labelled()
+    sae = _relu_sae(3, 3, w_enc=torch.eye(3, dtype=torch.float64), w_dec=torch.eye(3, dtype=torch.float64), dtype="float32")
+    r = S.feature_frequencies(sae, d)
+    # samples 0, 1 are correct, 2, 3 incorrect; feature 0 fires in samples 0, 1; feature 1 in 0, 2;
+    # feature 2 in 3 (row 6, not a completion row, only counts with rows="all")
+    assert r.freq_correct.tolist() == [1.0, 0.5, 0.0] and r.freq_incorrect.tolist() == [0.0, 0.5, 0.5]
+    assert r.token_freq_correct.tolist() == [0.5, 0.25, 0.0] and r.token_freq_incorrect.tolist() == [0.0, 0.5, 0.5]
+    assert r.mean_activation.tolist() == [2.0, 1.5, 5.0]
+    assert r.p_value[0] == pytest.approx(fisher_exact([[2, 0], [0, 2]])[1])
+    assert r.p_value[1] == pytest.approx(1.0)
+    assert r.top(1, toward="correct") == [0] and r.top(1, toward="incorrect") == [2]
+    everything = S.feature_frequencies(sae, d, rows="all")
+    assert everything.freq_incorrect[2] == 0.5 and everything.token_freq_incorrect[2] == pytest.approx(2 / 3)
+    assert everything.mean_activation[2] == 3.0
+    frame = r.to_frame()
+    assert frame["feature"].tolist()[0] in (0, 2) and len(r.plot().data) == 2
+    by_layer = S.frequencies_by_layer({1: r, 2: r}, k=2)
+    assert len(by_layer.to_frame()) == 4 and len(by_layer.plot().data) == 2
+    only_correct = S.DiffActivations(d.hook_name, d.delta, d.sample, d.position, d.token, d.in_completion,
+                                     torch.ones(4, dtype=torch.bool), d.sample_tokens)
+    with pytest.raises(SteerInterpError, match="both correct and incorrect"):
+        S.feature_frequencies(sae, only_correct)
+
+
+def test_benjamini_hochberg_oracle():
+    from steerinterp.sae.features import benjamini_hochberg
+
+    p = torch.tensor([0.01, 0.04, 0.03, 0.2])
+    # sorted 0.01, 0.03, 0.04, 0.2 -> 0.04, 0.06, 0.0533, 0.2 -> running min from the top
+    assert torch.allclose(benjamini_hochberg(p), torch.tensor([0.04, 0.0533333, 0.0533333, 0.2], dtype=torch.float64))
+
+
+def test_top_contexts_and_decoder_logit_lens(tiny64):
+    d = _hand_labelled()
+    sae = _relu_sae(3, 3, w_enc=torch.eye(3, dtype=torch.float64), w_dec=torch.eye(3, dtype=torch.float64), dtype="float32")
+    ctx = S.top_contexts(tiny64, sae, d, [0, 2], k=2, window=1)
+    rows = ctx.to_frame()
+    assert rows[rows.feature == 0].activation.tolist() == [3.0, 1.0]
+    top = rows.iloc[0]
+    assert (top["sample"], top["position"], top["correct"]) == (1, 0, True)
+    t13, t14 = A.batch.token_strings(tiny64, [13, 14])
+    assert top["context"] == f"[[{t13}]]{t14}" and top["token"] == t13
+    assert rows[rows.feature == 2].activation.tolist() == [5.0, 1.0]
+    # a decoder row along one unembedding column reads out as that token
+    w_u = tiny64.W_U.detach()
+    w_dec = torch.randn(4, tiny64.cfg.d_model, dtype=torch.float64) * 1e-3
+    w_dec[2] = w_u[:, 7]
+    big = _relu_sae(tiny64.cfg.d_model, 4, w_dec=w_dec)
+    lens = S.decoder_logit_lens(tiny64, big, [2, 0], mode="raw")
+    assert lens.layers == [0, 2] and lens.top(2, 1) == [7] and "feature" in lens.to_frame().columns
+
+
+# --- attribution and steering -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("difference", [False, True])
+def test_attribution_terms_add_up_to_gradient_times_input_and_leave_the_output_unchanged(tiny64, batch64, difference):
+    model = tiny64
+    g = torch.Generator().manual_seed(0)
+    d = model.cfg.d_model
+    sae = _relu_sae(d, 3 * d, w_enc=torch.randn(d, 3 * d, generator=g, dtype=torch.float64) / d ** 0.5,
+                    w_dec=torch.randn(3 * d, d, generator=g, dtype=torch.float64) / d ** 0.5, hook="blocks.2.hook_resid_post")
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64))
+        sae.b_enc.copy_(torch.randn(3 * d, generator=g, dtype=torch.float64) * 0.1)
+    vecs = si.SteeringSet.from_tensors(model, {1: _vec(model, 6)})
+    metric = A.completion_logprob_metric()
+    r = S.sae_feature_attribution(model, batch64, sae, metric, steering=vecs, difference=difference, batch_size=2)
+    assert r.output_change < 1e-10
+    parts = r.attribution.sum(1) + r.error + r.bias + r.reference
+    assert torch.allclose(parts, r.grad_x_input, atol=1e-9, rtol=1e-9)
+    assert (r.reference.abs() > 0).all() == difference
+    # oracle: the gradient of the metric w.r.t. the hook activation, by a plain hook, times the activation
+    grabbed = {}
+
+    def grab(act, hook):
+        act = act.detach().requires_grad_(True)
+        grabbed["x"] = act
+        return act
+
+    with vecs.applied(model, prompt_mask=batch64.prompt_mask, attention_mask=batch64.attention_mask), \
+            si.steering.add_hooks(model, [("blocks.2.hook_resid_post", grab)]):
+        logits = model(batch64.tokens, attention_mask=batch64.attention_mask)
+        metric(logits, batch64).sum().backward()
+    x = grabbed["x"]
+    assert torch.allclose((x * x.grad).sum((1, 2)), r.grad_x_input, atol=1e-9)
+    assert torch.allclose(metric(logits, batch64).detach(), r.metric)
+    # first order: scaling one feature's activation by (1 + eps) moves the metric by eps * attribution
+    f = r.top(1)[0]
+    eps = 1e-5
+
+    def bump(act, hook):
+        ref = torch.zeros_like(act)
+        if difference:
+            ref = base_ref
+        f_acts = sae.encode(act - ref)
+        return act + eps * f_acts[..., f : f + 1] * sae.W_dec[f]
+
+    base_ref = A.batch.run_cached(model, batch64, None, ["blocks.2.hook_resid_post"])[1]["blocks.2.hook_resid_post"]
+    with torch.no_grad(), vecs.applied(model, prompt_mask=batch64.prompt_mask, attention_mask=batch64.attention_mask):
+        with si.steering.add_hooks(model, [("blocks.2.hook_resid_post", bump)]):
+            bumped = metric(model(batch64.tokens, attention_mask=batch64.attention_mask), batch64)
+    assert torch.allclose((bumped - r.metric) / eps, r.attribution[:, f], rtol=1e-3, atol=1e-6)
+    assert not model.hook_dict["blocks.2.hook_resid_post"].fwd_hooks
+    assert r.to_frame(5)["term"].tolist()[-3:] == ["error", "bias", "reference"] and r.plot().data
+
+
+def test_attribution_errors(tiny64, batch64):
+    sae = _relu_sae(tiny64.cfg.d_model, 8, hook="")
+    with pytest.raises(SteerInterpError, match="which hook"):
+        S.sae_feature_attribution(tiny64, batch64, sae, A.completion_logprob_metric())
+    with pytest.raises(SteerInterpError, match="steering="):
+        S.sae_feature_attribution(tiny64, batch64, sae, A.completion_logprob_metric(), hook_name="blocks.1.hook_resid_post",
+                                  difference=True)
+
+
+def test_feature_vector_steers_along_the_decoder_row(tiny64, batch64):
+    d = tiny64.cfg.d_model
+    w_dec = torch.randn(5, d, dtype=torch.float64)
+    sae = _relu_sae(d, 5, w_dec=w_dec, hook="blocks.2.hook_resid_post")
+    v = S.feature_vector(sae, 3, norm=2.5)
+    assert v.hook_name == "blocks.2.hook_resid_post" and v.vector.norm().item() == pytest.approx(2.5)
+    assert torch.allclose(v.vector / 2.5, w_dec[3] / w_dec[3].norm())
+    with si.SteeringSet([v]).applied(tiny64):
+        steered = tiny64(batch64.tokens, attention_mask=batch64.attention_mask)
+    with si.SteeringSet.from_tensors(tiny64, {2: w_dec[3] / w_dec[3].norm() * 2.5}).applied(tiny64):
+        manual = tiny64(batch64.tokens, attention_mask=batch64.attention_mask)
+    assert torch.allclose(steered, manual)
+    assert torch.equal(S.feature_vector(sae, 3).vector, w_dec[3])
+    with pytest.raises(SteerInterpError, match="out of range"):
+        S.feature_vector(sae, 5)
+    with pytest.raises(SteerInterpError, match="scale=-1"):
+        S.feature_vector(sae, 0, norm=-1)
