@@ -68,7 +68,7 @@ def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progr
     samples = samples if samples is not None else (2 if quick else 4)
     result = Trainer(model, task, TrainConfig(steps=steps), progress=progress).train()
     vecs = result.steering.detached()
-    ev = evaluate(model, task, {"base": None, "steered": vecs}, samples=samples)
+    ev = evaluate(model, task, {"base": None, "steered": vecs}, samples=samples, progress=progress)
     details = ev.details()
     greedy = details[details["mode"] == "greedy"]
     examples = []

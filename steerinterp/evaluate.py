@@ -76,19 +76,25 @@ def evaluate(
     temperature: float = 1.0,
     batch_size: int = 64,
     engine="auto",
+    progress: bool = False,
 ) -> EvalResult:
     """Evaluate each variant (``{"base": None, "steered": vecs}``) on the test split.
 
     ``samples`` sampled completions per problem at ``temperature`` give avg@k (one seed each).
     ``engine`` is passed to ``generate`` (a name, or an engine object such as a ``PatchedEngine``).
+    ``progress`` shows a bar over the (variant, mode) runs.
     """
+    from tqdm.auto import tqdm
+
     variants = {"base": None} if variants is None else dict(variants)
     problems = list(task.test if problems is None else problems)
     prompts = task.prompts(model, problems)
     result = EvalResult(task.name)
     modes = ([("greedy", None)] if greedy else []) + [("sampled", seed + k) for k in range(samples)]
+    bar = tqdm(total=len(variants) * len(modes), desc="evaluate", disable=not progress)
     for name, steering in variants.items():
         for mode, s in modes:
+            bar.set_postfix_str(f"{name} {mode}")
             seeds = None if s is None else [s * 100_003 + i for i in range(len(prompts))]
             out = generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens,
                            temperature=0.0 if mode == "greedy" else temperature, seed=seeds, batch_size=batch_size,
@@ -98,4 +104,6 @@ def evaluate(
                 result.rows.append({"variant": name, "mode": mode, "seed": s, "problem": p.id or i,
                                     "correct": bool(task.is_correct(text, p)), "n_tokens": lengths[i],
                                     "completion": text})
+            bar.update()
+    bar.close()
     return result

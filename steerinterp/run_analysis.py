@@ -102,7 +102,7 @@ def _persistence(model, vecs, last, rollouts, quick, **_):
     res = persistence(model, rollouts, vecs.subset(layers))
     df = res.to_frame()
     nxt = df[df.observed_layer == df.steered_layer + 1]
-    far = df[df.observed_layer == df.observed_layer.max()]
+    far = df[(df.observed_layer == df.observed_layer.max()) & (df.steered_layer < df.observed_layer)]
     note = (f"Diff-Diff one layer later {nxt.diff_diff.mean():.2f}, at the last layer {far.diff_diff.mean():.2f}; "
             f"Diff-Vector one layer later {nxt.diff_vector.mean():.2f}")
     return Finding("persistence", note, {"matrices": df}, [res.plot()], res)
@@ -148,14 +148,14 @@ def _diffsae(model, vecs, task, quick, seed, **_):
     if gens.correct.all() or not gens.correct.any():
         note += "; every generation had the same label, so no correct-vs-incorrect comparison"
     else:
-        freq = S.feature_frequencies(dsae, d)
+        freq = S.feature_frequencies(dsae, d, strata=gens.problem_index)  # tested within problems
         top = freq.top(1)[0]
         tables["features"] = freq.to_frame(k=15)
         tables["contexts"] = S.top_contexts(model, dsae, d, freq.top(3), k=3, window=5).to_frame()
         figures.append(freq.plot())
         note += (f"; top feature {top} fires in {freq.freq_correct[top]:.0%} of correct vs {freq.freq_incorrect[top]:.0%} "
                  f"of incorrect generations (q = {freq.q_value[top]:.2g}); {int((freq.q_value < 0.05).sum())} features "
-                 "with q < 0.05")
+                 "with q < 0.05 (Cochran-Mantel-Haenszel within problems)")
     figures.insert(0, dsae.plot())
     return Finding("diffsae", note, tables, figures, dsae)
 

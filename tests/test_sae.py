@@ -70,6 +70,8 @@ def test_differences_are_zero_before_and_exactly_the_vector_at_the_steered_layer
     assert at1.row_labels.tolist() == [LABELS[i] for i in at1.sample.tolist()]
     assert at1.token.tolist() == [int(batch64.tokens[b, p]) for b, p in zip(at1.sample, at1.position)]
     assert len(at1.sample_tokens) == 3
+    for row, mask in zip(at1.sample_tokens, batch64.attention_mask):  # padding is marked -1
+        assert [t == -1 for t in row] == (mask == 0).tolist()
 
 
 def test_all_positions_leave_out_the_attention_sink_and_chunking_changes_nothing(tiny64, batch64):
@@ -243,6 +245,31 @@ def test_feature_frequencies_oracle():
                                      torch.ones(4, dtype=torch.bool), d.sample_tokens)
     with pytest.raises(SteerInterpError, match="both correct and incorrect"):
         S.feature_frequencies(sae, only_correct)
+
+
+def test_stratified_test_discounts_features_that_only_mark_hard_problems():
+    from scipy.stats import chi2
+
+    # problems A (samples 0-3: 2 correct, 2 incorrect), B (4-11: all correct), C (12-19: all incorrect);
+    # feature 0 fires on every sample of C only, feature 1 on the two incorrect samples of A
+    labels = torch.tensor([1, 1, 0, 0] + [1] * 8 + [0] * 8, dtype=torch.bool)
+    problem = torch.tensor([0] * 4 + [1] * 8 + [2] * 8)
+    rows = torch.zeros(20, 2)
+    rows[12:, 0] = 1.0
+    rows[[2, 3], 1] = 1.0
+    d = S.DiffActivations("blocks.1.hook_resid_post", rows, torch.arange(20), torch.ones(20, dtype=torch.long),
+                          torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.bool), labels)
+    sae = _relu_sae(2, 2, w_enc=torch.eye(2, dtype=torch.float64), w_dec=torch.eye(2, dtype=torch.float64), dtype="float32")
+    plain = S.feature_frequencies(sae, d)
+    within = S.feature_frequencies(sae, d, strata=problem)
+    assert plain.test == "fisher" and within.test == "cmh" and within.to_frame()["test"].iloc[0] == "cmh"
+    assert plain.p_value[0] < 0.05 and within.p_value[0] == 1.0  # only marks problem C
+    # feature 1 in stratum A by the textbook formula: a = 0, E = 2 * 2 / 4, Var = 2*2*2*2 / (4^2 * 3)
+    stat = (abs(0 - 1.0) - 0.5) ** 2 / (16 / 48)
+    assert within.p_value[1] == pytest.approx(chi2.sf(stat, 1))
+    assert torch.equal(within.freq_correct, plain.freq_correct)
+    with pytest.raises(SteerInterpError, match="one id per sample"):
+        S.feature_frequencies(sae, d, strata=problem[:3])
 
 
 def test_benjamini_hochberg_oracle():

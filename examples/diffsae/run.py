@@ -8,7 +8,9 @@
 4. Rank features by how differently often they fire on correct vs incorrect generations (Fisher
    exact test, BH q-values); Fig 7 as grouped bars; top contexts and decoder logit lens (Fig 8).
 5. Attribute the log-probability of the reference answer to the last SAE's features (activation x
-   gradient with the error term), and steer the unsteered model with the top feature's direction.
+   gradient with the error term), and steer with features (steer_features.py): the top attributed
+   feature added to the base model, the feature most tied to incorrect generations removed from the
+   steered model, each at its typical contribution.
 
     python examples/diffsae/run.py                  # about 10 minutes on 2 CPU threads
     python examples/diffsae/run.py --samples 2 --layers 15,29 --tag quick
@@ -44,6 +46,7 @@ def main():
     ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-saes", action="store_true", help="load results/saes/layerN instead of training")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -71,13 +74,20 @@ def main():
     quality, freqs, saes = [], {}, {}
     for layer in layers:
         d = diffs[f"blocks.{layer}.hook_resid_post"]
-        dsae = S.train_diff_sae(d, k=args.k, d_sae=args.expansion * d.d_in, model_name="SmolLM2-135M-Instruct")
+        if args.reuse_saes:
+            dsae = S.load_diff_sae(out / "saes" / f"layer{layer}")
+        else:
+            dsae = S.train_diff_sae(d, k=args.k, d_sae=args.expansion * d.d_in, model_name="SmolLM2-135M-Instruct")
+            dsae.save(out / "saes" / f"layer{layer}")
         saes[layer] = dsae
-        dsae.save(out / "saes" / f"layer{layer}")
         frame = dsae.to_frame()
         frame["layer"], frame["tokens_per_s"], frame["mean_delta_norm"] = layer, dsae.tokens_per_second, d.mean_norm()
         quality.append(frame)
         freqs[layer] = S.feature_frequencies(dsae, d)
+        # the same, tested within problems: errors cluster on a few problems (e.g. "8 + 1")
+        within = S.feature_frequencies(dsae, d, strata=gens.problem_index)
+        within.to_frame(k=30).to_csv(out / f"{args.tag}-layer{layer}-frequencies-within-problems.csv", index=False)
+        summary.setdefault("significant_within_problems", {})[layer] = int((within.q_value < 0.05).sum())
         h = dsae.heldout_quality
         print(f"layer {layer}: |delta| {d.mean_norm():.2f}, held-out FVU {h.fvu:.3f}, L0 {h.l0:.1f}, dead "
               f"{h.dead}/{h.d_sae}, {dsae.tokens_per_second:,.0f} tokens/s; top feature "
@@ -111,22 +121,25 @@ def main():
     test = list(task.test)
     batch = A.teacher_forcing_batch(model, task.prompts(model, test), [p.final_answer for p in test])
     attr = S.sae_feature_attribution(model, batch, saes[last], A.completion_logprob_metric(), steering=vecs)
-    attr.to_frame(k=20).to_csv(out / f"{args.tag}-layer{last}-attribution.csv", index=False)
+    attr.to_frame(k=None).to_csv(out / f"{args.tag}-layer{last}-attribution.csv", index=False)
     write_figure(attr.plot(), out / f"{args.tag}-layer{last}-attribution.html")
     summary["attribution"] = {"output_change": attr.output_change, "features": float(attr.attribution.sum()),
                               "error": float(attr.error.sum()), "bias": float(attr.bias.sum()),
                               "reference": float(attr.reference.sum()), "grad_x_input": float(attr.grad_x_input.sum()),
-                              "top": attr.top(5)}
+                              "top": attr.top(5), "top_positive": attr.top(1, sign="positive")[0]}
     print(f"attribution of log p(answer) at layer {last}: features {attr.attribution.sum():.2f}, error "
           f"{attr.error.sum():.2f}, output change {attr.output_change:.1e}; top features {attr.top(5)}")
 
-    # steering the unsteered model with the top attributed feature at the norm of that layer's vector
-    f = attr.top(1, sign="positive")[0]
-    norm = float(vecs[last].vector.norm() * vecs[last].scale)
-    feature_set = si.SteeringSet([S.feature_vector(saes[last], f, norm=norm)])
-    ev = evaluate(model, task, {"base": None, f"feature {f}": feature_set, "vectors": vecs}, samples=2)
-    ev.to_frame().to_csv(out / f"{args.tag}-feature-steering.csv", index=False)
-    summary["feature_steering"] = ev.to_frame().to_dict(orient="records")
+    # steering with features: the top attributed one added, the top "incorrect" one removed (steer_features.py)
+    from steer_features import feature_variants
+
+    incorrect = freqs[last].top(1, toward="incorrect")[0]
+    variants, norms = feature_variants(model, task, vecs, saes[last], attributed=summary["attribution"]["top_positive"],
+                                       incorrect=incorrect)
+    ev = evaluate(model, task, variants, samples=2)
+    ev.to_frame().to_csv(out / f"{args.tag}-layer{last}-feature-steering.csv", index=False)
+    summary["feature_steering"] = {"norms": norms, "table": ev.to_frame().to_dict(orient="records")}
+    print(f"typical contribution norms {norms}")
     print(ev.to_frame().to_string(index=False))
     (out / f"{args.tag}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
 

@@ -20,6 +20,7 @@ from steerinterp.sae.collect import (
     iter_differences,
     label_generations,
     sample_labelled,
+    sample_token_rows,
 )
 from steerinterp.sae.features import (
     FeatureFrequencyResult,
@@ -36,7 +37,7 @@ from steerinterp.sae.train import DiffSAE, SAEQuality, load_diff_sae, sae_qualit
 
 __all__ = [
     "sample_labelled", "label_generations", "LabelledGenerations",
-    "collect_differences", "iter_differences", "concat_differences", "DiffActivations",
+    "collect_differences", "iter_differences", "concat_differences", "DiffActivations", "sample_token_rows",
     "write_difference_store", "DiffActivationStore", "ShardedDiffs", "activation_batches",
     "train_diff_sae", "DiffSAE", "load_diff_sae", "sae_quality", "SAEQuality",
     "feature_frequencies", "FeatureFrequencyResult", "frequencies_by_layer", "FrequencyByLayer",

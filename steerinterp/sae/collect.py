@@ -106,7 +106,7 @@ class DiffActivations:
     token: Int[torch.Tensor, "rows"]
     in_completion: Bool[torch.Tensor, "rows"]
     labels: Bool[torch.Tensor, "samples"]
-    sample_tokens: list[list[int]] = field(default_factory=list)  # each sample's padded token row
+    sample_tokens: list[list[int]] = field(default_factory=list)  # each sample's token row, padding = -1
 
     def __post_init__(self):
         n = self.delta.shape[0]
@@ -215,8 +215,13 @@ def collect_differences(model: HookedModel, inputs, steering, hooks, labels=None
                                   base_steering=base_steering, batch_size=batch_size, dtype=dtype):
         for name, d in chunk.items():
             parts.setdefault(name, []).append(d)
-    tokens = as_batch(inputs.output if isinstance(inputs, LabelledGenerations) else inputs).tokens.cpu().tolist()
-    return {name: concat_differences(ds, sample_tokens=tokens) for name, ds in parts.items()}
+    return {name: concat_differences(ds, sample_tokens=sample_token_rows(inputs)) for name, ds in parts.items()}
+
+
+def sample_token_rows(inputs) -> list[list[int]]:
+    """Each sample's token row as positions index it, with padding marked -1 (for contexts)."""
+    batch = as_batch(inputs.output if isinstance(inputs, LabelledGenerations) else inputs)
+    return torch.where(batch.attention_mask.bool(), batch.tokens, -1).cpu().tolist()
 
 
 def concat_differences(parts: Sequence[DiffActivations], *, sample_tokens: list[list[int]] | None = None) -> DiffActivations:

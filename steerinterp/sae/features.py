@@ -80,6 +80,32 @@ def fisher_exact_pvalues(fired_correct: torch.Tensor, n_correct: int, fired_inco
     return out
 
 
+def cmh_pvalues(fired: torch.Tensor, correct: torch.Tensor, strata: torch.Tensor) -> torch.Tensor:
+    """Cochran-Mantel-Haenszel test (continuity-corrected, 1 d.o.f.) of fires x correct within strata.
+
+    ``fired``: [samples, features] bool; ``correct``: [samples] bool; ``strata``: [samples] ids (e.g. the
+    problem). Strata with only one label carry no information and drop out.
+    """
+    from scipy.stats import chi2
+
+    num = torch.zeros(fired.shape[1], dtype=torch.float64)
+    var = torch.zeros(fired.shape[1], dtype=torch.float64)
+    for k in torch.unique(strata):
+        rows = strata == k
+        n = int(rows.sum())
+        n_c = int(correct[rows].sum())
+        if n < 2 or n_c in (0, n):
+            continue
+        f = fired[rows].double()
+        m1 = f.sum(0)  # samples of the stratum where the feature fires
+        a = f[correct[rows]].sum(0)  # ... and that are correct
+        num += a - n_c * m1 / n
+        var += n_c * (n - n_c) * m1 * (n - m1) / (n * n * (n - 1))
+    stat = (num.abs() - 0.5).clamp_min(0) ** 2 / var.clamp_min(1e-300)
+    p = torch.from_numpy(chi2.sf(stat.numpy(), 1)).double()
+    return torch.where(var > 0, p, torch.ones_like(p))
+
+
 @dataclass
 class FeatureFrequencyResult(AnalysisResult):
     """Per-feature firing on correct vs incorrect generations (``[d_sae]`` tensors)."""
@@ -94,6 +120,7 @@ class FeatureFrequencyResult(AnalysisResult):
     q_value: torch.Tensor
     n_correct: int
     n_incorrect: int
+    test: str = "fisher"  # or "cmh" (within strata, e.g. problems)
 
     @property
     def difference(self) -> torch.Tensor:
@@ -119,7 +146,7 @@ class FeatureFrequencyResult(AnalysisResult):
             "token_freq_correct": self.token_freq_correct[ids].tolist(),
             "token_freq_incorrect": self.token_freq_incorrect[ids].tolist(),
             "mean_activation": self.mean_activation[ids].tolist(),
-            "p_value": self.p_value[ids].tolist(), "q_value": self.q_value[ids].tolist()})
+            "p_value": self.p_value[ids].tolist(), "q_value": self.q_value[ids].tolist(), "test": self.test})
 
     def plot(self, k: int = 10):
         """Every feature: frequency on incorrect (x) vs correct (y) generations; the top k labelled."""
@@ -145,11 +172,14 @@ class FeatureFrequencyResult(AnalysisResult):
 
 @torch.no_grad()
 def feature_frequencies(sae, source: DiffActivations | ShardedDiffs, *, rows: str = "completion",
-                        threshold: float = 0.0, batch_size: int = 4096) -> FeatureFrequencyResult:
+                        threshold: float = 0.0, strata=None, batch_size: int = 4096) -> FeatureFrequencyResult:
     """Firing statistics of every feature on correct vs incorrect generations.
 
     ``rows``: ``"completion"`` (positions predicting completion tokens) or ``"all"`` collected rows.
-    A feature fires on a token when its activation exceeds ``threshold``.
+    A feature fires on a token when its activation exceeds ``threshold``. ``strata``: one id per sample
+    (e.g. ``LabelledGenerations.problem_index``); then the p-values come from a Cochran-Mantel-Haenszel
+    test within strata, so a feature that only marks the problems the model gets wrong is not
+    significant. Without it, a two-sided Fisher exact test over all samples.
     """
     if rows not in ROWS:
         raise SteerInterpError(f"rows={rows!r}; choose 'completion' or 'all'")
@@ -185,11 +215,17 @@ def feature_frequencies(sae, source: DiffActivations | ShardedDiffs, *, rows: st
                                f"{n_i} incorrect); sample more, or at a temperature where the model still errs")
     f_c = (fired_in_sample[correct] > 0).sum(0)
     f_i = (fired_in_sample[incorrect] > 0).sum(0)
-    p = fisher_exact_pvalues(f_c, n_c, f_i, n_i)
+    if strata is None:
+        p = fisher_exact_pvalues(f_c, n_c, f_i, n_i)
+    else:
+        strata = torch.as_tensor(strata).cpu()
+        if strata.shape != (n_samples,):
+            raise SteerInterpError(f"strata needs one id per sample ({n_samples}), got shape {tuple(strata.shape)}")
+        p = cmh_pvalues(fired_in_sample[has_rows] > 0, labels[has_rows], strata[has_rows])
     return FeatureFrequencyResult(
         parts[0].hook_name, f_c.double() / n_c, f_i.double() / n_i,
         token_counts[1] / n_tokens[1].clamp_min(1), token_counts[0] / n_tokens[0].clamp_min(1),
-        act_sum / act_n.clamp_min(1), p, benjamini_hochberg(p), n_c, n_i)
+        act_sum / act_n.clamp_min(1), p, benjamini_hochberg(p), n_c, n_i, "fisher" if strata is None else "cmh")
 
 
 @dataclass
@@ -279,8 +315,8 @@ def top_contexts(model: HookedModel, sae, source: DiffActivations | ShardedDiffs
             s, pos = best_src[i, rank].tolist()
             row = tokens[s]
             lo, hi = max(0, pos - window), min(len(row), pos + window + 1)
-            pieces = token_strings(model, row[lo:hi])
-            pieces[pos - lo] = f"[[{pieces[pos - lo]}]]"
+            pieces = ["" if t < 0 else p for t, p in zip(row[lo:hi], token_strings(model, [max(t, 0) for t in row[lo:hi]]))]
+            pieces[pos - lo] = f"[[{pieces[pos - lo]}]]"  # -1 marks padding
             out.append({"feature": f, "rank": rank, "activation": val, "sample": s, "position": pos,
                         "token": token_strings(model, [row[pos]])[0], "correct": bool(labels[s]),
                         "context": "".join(pieces)})

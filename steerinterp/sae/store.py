@@ -169,19 +169,16 @@ def activation_batches(source: DiffActivations | ShardedDiffs, batch_size: int, 
         raise SteerInterpError(f"batch_size must be >= 1, got {batch_size}")
     if len(source) == 0:
         raise SteerInterpError(f"no rows at {source.hook_name} to train on")
-    rows = _row_stream(source, seed, buffer_shards)
-    pending: list[torch.Tensor] = []
-    have = 0
     produced = 0
-    for block in rows:
-        pending.append(block)
-        have += len(block)
-        while have >= batch_size:
-            flat = torch.cat(pending)
-            batch, rest = flat[:batch_size], flat[batch_size:]
-            pending, have = [rest], len(rest)
+    buf, offset = None, 0
+    for block in _row_stream(source, seed, buffer_shards):
+        if buf is not None and offset < len(buf):  # fewer than batch_size rows left over: carry them
+            block = torch.cat([buf[offset:], block])
+        buf, offset = block, 0
+        while len(buf) - offset >= batch_size:  # batches are views of the shuffled block, not copies
             if produced >= start_batch:
-                yield batch
+                yield buf[offset : offset + batch_size]
+            offset += batch_size
             produced += 1
 
 
