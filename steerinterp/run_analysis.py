@@ -89,8 +89,8 @@ def _first_token(model, vecs, last, rollouts, **_):
     ts = token_shift(model, rollouts, vecs.subset([last]))
     summ = ts.summary()
     first, later = (summ[summ.position == p].iloc[0] for p in ("pos 0", "pos > 0"))
-    note = (f"mean KL(steered || base) at the first generated token {first['kl_mean']:.3f} vs "
-            f"{later['kl_mean']:.3f} later ({first['n']} and {later['n']} positions)")
+    note = (f"mean KL(steered || base) at the first generated token {first['kl_mean']:.3g} vs "
+            f"{later['kl_mean']:.3g} later ({first['n']} and {later['n']} positions)")
     return Finding("first_token", note, {"summary": summ, "transitions": ts.by_token("transition", top=15)},
                    [ts.plot("positions")], ts)
 
@@ -128,7 +128,7 @@ def _attention(model, vecs, last, rollouts, **_):
     res = attention_diff(model, rollouts, vecs.subset([last - 1]), layers=[last])
     df = res.to_frame()
     col = "tv" if "tv" in df.columns else df.columns[-1]
-    note = f"total-variation change of the last block's attention: mean {df[col].mean():.3f}, max {df[col].max():.3f}"
+    note = f"total-variation change of the last block's attention: mean {df[col].mean():.3g}, max {df[col].max():.3g}"
     return Finding("attention", note, {"heads": df}, [res.plot()], res)
 
 

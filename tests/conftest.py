@@ -41,3 +41,9 @@ def tokens_of(model, texts):
 
     ids, _ = encode_prompts(model, texts)
     return left_pad(ids, model.tokenizer.pad_token_id, "cpu")
+
+
+def random_vector(model, seed, scale=1.0):
+    """A seeded random d_model vector in the model's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(model.cfg.d_model, generator=g, dtype=model.cfg.dtype) * scale

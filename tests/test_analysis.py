@@ -10,14 +10,10 @@ from steerinterp import analysis as A
 from steerinterp.analysis.language import hypergeom_sf
 from steerinterp.analysis.segments import token_segments
 from steerinterp.errors import SteerInterpError
+from tests.conftest import random_vector as _vec
 
 PROMPTS = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\nhi<|im_end|>\n"]
 COMPLETIONS = ["To solve it: 5", "hello there"]
-
-
-def _vec(model, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(model.cfg.d_model, generator=g, dtype=model.cfg.dtype) * scale
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,13 @@ import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
 from steerinterp.errors import SteerInterpError
+from tests.conftest import random_vector as _vec
 
 PROMPTS = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n",
            "<|im_start|>user\nWhat is 4 + 4?<|im_end|>\n<|im_start|>assistant\n",
            "<|im_start|>user\nhi<|im_end|>\n"]
 COMPLETIONS = ["To solve it: 5", "8", "hello there friend"]
 LABELS = [True, False, True]
-
-
-def _vec(model, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(model.cfg.d_model, generator=g, dtype=model.cfg.dtype) * scale
 
 
 @pytest.fixture(scope="module")
