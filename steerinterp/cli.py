@@ -57,10 +57,13 @@ def cmd_analyze(args) -> int:
     vec_dir = next((d for d in (run / "vectors", run / "final") if d.exists()), None)
     if vec_dir is None:
         raise SteerInterpError(f"{run} has no vectors/ or final/ directory; give the --out of `steerinterp demo` or `train`")
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    saved = {}  # the task a run was made with: run.json (demo) or config.json (train)
+    for name, key in (("run.json", "task_spec"), ("config.json", "task")):
+        if (run / name).exists() and not saved.get("task"):
+            saved["task"] = json.loads((run / name).read_text()).get(key)
     model = _load(args)
     vecs = si.SteeringSet.load(vec_dir, model=model)
-    task = load_task(args.task or info.get("task_spec", "arithmetic"))
+    task = load_task(args.task or saved.get("task") or "arithmetic")
     only = args.only.split(",") if args.only else None
     analysis = analyze_vectors(model, vecs, task, quick=args.quick, only=only, progress=True)
     save_analysis(analysis, run / "analysis")
