@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job on the embedded model: steer, generate, compare, write results")
     d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    d.add_argument("--quick", action="store_true", help="a reduced run in a few minutes (8 RL steps)")
+    d.add_argument("--quick", action="store_true", help="a reduced run: 8 RL steps, reduced analyses (~8 min on 2 cores)")
     d.add_argument("--steps", type=int, default=None, help="RL steps (default 40, or 8 with --quick)")
     d.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     d.add_argument("--no-analysis", action="store_true", help="train and evaluate only (the report then has no analyses)")

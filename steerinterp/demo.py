@@ -7,8 +7,8 @@
 5. Analyse the vectors (``run_analysis.analyze_vectors``: logit lens, first-token substitution,
    persistence, path patching, attention diff, DiffSAE) and build the HTML report.
 
-``quick`` trains 8 steps instead of 40 and runs reduced analyses (a few minutes on 2 CPU cores
-instead of about 20).
+``quick`` trains 8 steps instead of 40 and runs reduced analyses (about 8-9 minutes on 2 CPU cores
+instead of 25-30).
 """
 
 from __future__ import annotations

@@ -84,6 +84,21 @@ def test_cli_report_and_analyze(run_dir, tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "nothing")]) == 2
 
 
+def test_demo_writes_the_run_and_its_report(tiny, tmp_path):
+    from steerinterp.demo import run_demo, write_demo
+
+    result = run_demo(model=tiny, steps=1, samples=1, quick=True, analyses=["logit_lens", "first_token"])
+    paths = write_demo(result, tmp_path / "demo", model=tiny)
+    for name in ("vectors", "metrics.jsonl", "evaluation.csv", "summary.txt", "run.json", "analysis", "report.html"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert paths[-1] == tmp_path / "demo" / "report.html"
+    assert "logit_lens:" in result.summary() and "first_token:" in result.summary()
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert page.count('<div class="figure"') == 2 + 1 + 1  # training, evaluation, one figure per analysis
+    bare = run_demo(model=tiny, steps=1, samples=1, quick=True, analyses=())
+    assert bare.analysis is None and "analyses:" not in bare.summary()
+
+
 def test_analyses_need_the_last_two_layers(tiny):
     vecs = si.SteeringSet.from_tensors(tiny, {0: torch.ones(tiny.cfg.d_model)})
     with pytest.raises(SteerInterpError, match="last two layers"):
