@@ -120,6 +120,15 @@ def test_store_round_trip_and_split(tiny64, batch64, tmp_path):
     mtrain, mheld = mem["blocks.2.hook_resid_post"].split_samples(0.34, seed=0)
     assert torch.equal(train.load().sample, mtrain.sample) and torch.equal(held.load().sample, mheld.sample)
     assert set(held.load().sample.tolist()).isdisjoint(train.load().sample.tolist())
+    # statistics stream shard by shard and match the in-memory rows
+    d = tiny64.cfg.d_model
+    sae = _relu_sae(d, 8, w_enc=torch.randn(d, 8, dtype=torch.float64), w_dec=torch.randn(8, d, dtype=torch.float64),
+                    dtype="float64")
+    mem2 = mem["blocks.2.hook_resid_post"]
+    q_disk, q_mem = S.sae_quality(sae, disk), S.sae_quality(sae, mem2)
+    assert (q_disk.l0, q_disk.dead, q_disk.n_rows) == (q_mem.l0, q_mem.dead, q_mem.n_rows)
+    assert q_disk.mse == pytest.approx(q_mem.mse) and q_disk.fvu == pytest.approx(q_mem.fvu)  # summed shard by shard
+    assert torch.equal(S.feature_frequencies(sae, disk).freq_correct, S.feature_frequencies(sae, mem2).freq_correct)
     with pytest.raises(SteerInterpError, match="already holds"):
         S.write_difference_store(tmp_path / "d", [], labels=LABELS)
     shutil.rmtree(tmp_path / "d" / "blocks.2.hook_resid_post")

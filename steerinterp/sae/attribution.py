@@ -27,6 +27,7 @@ from jaxtyping import Float
 from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_context
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
+from steerinterp.sae.train import DiffSAE, as_sae_lens
 from steerinterp.steering import add_hooks
 from steerinterp.types import HookedModel
 
@@ -83,7 +84,7 @@ class FeatureAttributionResult(AnalysisResult):
 
 
 def _hook_name(sae, hook_name: str | None) -> str:
-    name = hook_name or getattr(sae, "hook_name", None) or getattr(getattr(sae, "sae", sae).cfg.metadata, "hook_name", None)
+    name = hook_name or getattr(sae, "hook_name", None) or getattr(as_sae_lens(sae).cfg.metadata, "hook_name", None)
     if not name:
         raise SteerInterpError("the SAE does not say which hook it reads; pass hook_name='blocks.L.hook_resid_post'")
     return name
@@ -100,8 +101,6 @@ def sae_feature_attribution(model: HookedModel, inputs, sae, metric: Callable[[t
     (default: True for a ``DiffSAE``, else False). ``positions``: which positions' attributions are
     summed (``"all"``, ``"completion"`` or ``"first"``).
     """
-    from steerinterp.sae.train import DiffSAE
-
     batch = as_batch(inputs)
     name = _hook_name(sae, hook_name)
     if name not in model.hook_dict:
@@ -109,7 +108,7 @@ def sae_feature_attribution(model: HookedModel, inputs, sae, metric: Callable[[t
     difference = isinstance(sae, DiffSAE) if difference is None else difference
     if difference and steering is None:
         raise SteerInterpError("a DiffSAE reads steered - base differences; give the steering= it was trained for")
-    sae_ = getattr(sae, "sae", sae)
+    sae_ = as_sae_lens(sae)
     parts = []
     for start in range(0, len(batch), batch_size):
         chunk = batch.rows(slice(start, start + batch_size))

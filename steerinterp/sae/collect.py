@@ -139,19 +139,27 @@ class DiffActivations:
 
     def split_samples(self, heldout: float, seed: int = 0) -> tuple[DiffActivations, DiffActivations]:
         """(train, held-out) split by whole samples, so no generation contributes to both."""
-        if not 0 < heldout < 1:
-            raise SteerInterpError(f"heldout must be a fraction in (0, 1), got {heldout}")
-        n_held = max(1, round(self.n_samples * heldout))
-        if n_held >= self.n_samples:
-            raise SteerInterpError(f"{self.n_samples} samples are too few to hold out {heldout:.0%} of them")
-        g = torch.Generator().manual_seed(seed)
-        held = torch.zeros(self.n_samples, dtype=torch.bool)
-        held[torch.randperm(self.n_samples, generator=g)[:n_held]] = True
-        mask = held[self.sample]
+        mask = heldout_samples(self.n_samples, heldout, seed)[self.sample]
         return self.select(~mask), self.select(mask)
+
+    def parts(self) -> Iterator[DiffActivations]:
+        """The rows in pieces (here: all of them at once; a store's ``ShardedDiffs`` yields shard by shard)."""
+        yield self
 
     def mean_norm(self) -> float:
         return float(self.delta.double().norm(dim=-1).mean()) if len(self) else 0.0
+
+
+def heldout_samples(n_samples: int, heldout: float, seed: int = 0) -> Bool[torch.Tensor, "samples"]:
+    """Which samples to hold out: a seeded ``heldout`` fraction (at least one, never all)."""
+    if not 0 < heldout < 1:
+        raise SteerInterpError(f"heldout must be a fraction in (0, 1), got {heldout}")
+    n_held = max(1, round(n_samples * heldout))
+    if n_held >= n_samples:
+        raise SteerInterpError(f"{n_samples} samples are too few to hold out {heldout:.0%} of them")
+    held = torch.zeros(n_samples, dtype=torch.bool)
+    held[torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed))[:n_held]] = True
+    return held
 
 
 def _hook_names(model: HookedModel, hooks) -> list[str]:

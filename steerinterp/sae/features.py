@@ -24,28 +24,17 @@ from steerinterp.analysis.logit_lens import LogitLensResult, Mode, vector_logit_
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations
-from steerinterp.sae.store import ShardedDiffs
+from steerinterp.sae.store import ShardedDiffs, check_source
+from steerinterp.sae.train import as_sae_lens
 from steerinterp.types import HookedModel
 
 ROWS = ("completion", "all")
 
 
-def _parts(source):
-    if isinstance(source, DiffActivations):
-        return [source]
-    if isinstance(source, ShardedDiffs):
-        return [source.shard(i) for i in range(source.n_shards)]
-    raise SteerInterpError(f"expected DiffActivations or a store's ShardedDiffs, got {type(source).__name__}")
-
-
-def _sae_of(sae):
-    return getattr(sae, "sae", sae)  # a DiffSAE or a bare sae-lens SAE
-
-
 @torch.no_grad()
 def encode_rows(sae, delta: torch.Tensor, batch_size: int = 4096) -> Float[torch.Tensor, "rows d_sae"]:
     """Feature activations of each row (dense, float32)."""
-    sae = _sae_of(sae)
+    sae = as_sae_lens(sae)
     if delta.shape[-1] != sae.cfg.d_in:
         raise SteerInterpError(f"the SAE reads width {sae.cfg.d_in} but the differences have width {delta.shape[-1]}")
     out = [sae.encode(delta[i : i + batch_size].to(sae.device, sae.dtype)).float().cpu()
@@ -183,9 +172,9 @@ def feature_frequencies(sae, source: DiffActivations | ShardedDiffs, *, rows: st
     """
     if rows not in ROWS:
         raise SteerInterpError(f"rows={rows!r}; choose 'completion' or 'all'")
-    d_sae = _sae_of(sae).cfg.d_sae
-    parts = _parts(source)
-    labels = parts[0].labels if parts else torch.zeros(0, dtype=torch.bool)
+    check_source(source)
+    d_sae = as_sae_lens(sae).cfg.d_sae
+    labels = source.labels
     n_samples = len(labels)
     fired_in_sample = torch.zeros(n_samples, d_sae, dtype=torch.int32)  # firing tokens per sample
     has_rows = torch.zeros(n_samples, dtype=torch.bool)
@@ -193,7 +182,7 @@ def feature_frequencies(sae, source: DiffActivations | ShardedDiffs, *, rows: st
     n_tokens = torch.zeros(2, dtype=torch.float64)
     act_sum = torch.zeros(d_sae, dtype=torch.float64)
     act_n = torch.zeros(d_sae, dtype=torch.float64)
-    for part in parts:
+    for part in source.parts():
         keep = part.in_completion if rows == "completion" else torch.ones(len(part), dtype=torch.bool)
         delta, sample = part.delta[keep], part.sample[keep]
         for start in range(0, len(delta), batch_size):
@@ -223,7 +212,7 @@ def feature_frequencies(sae, source: DiffActivations | ShardedDiffs, *, rows: st
             raise SteerInterpError(f"strata needs one id per sample ({n_samples}), got shape {tuple(strata.shape)}")
         p = cmh_pvalues(fired_in_sample[has_rows] > 0, labels[has_rows], strata[has_rows])
     return FeatureFrequencyResult(
-        parts[0].hook_name, f_c.double() / n_c, f_i.double() / n_i,
+        source.hook_name, f_c.double() / n_c, f_i.double() / n_i,
         token_counts[1] / n_tokens[1].clamp_min(1), token_counts[0] / n_tokens[0].clamp_min(1),
         act_sum / act_n.clamp_min(1), p, benjamini_hochberg(p), n_c, n_i, "fisher" if strata is None else "cmh")
 
@@ -286,17 +275,17 @@ def top_contexts(model: HookedModel, sae, source: DiffActivations | ShardedDiffs
     """The ``k`` rows where each feature is most active; ``context`` shows ``window`` tokens either side
     with the token itself in ``[[ ]]``."""
     features = [int(f) for f in features]
-    d_sae = _sae_of(sae).cfg.d_sae
+    d_sae = as_sae_lens(sae).cfg.d_sae
     if any(not 0 <= f < d_sae for f in features):
         raise SteerInterpError(f"features must lie in 0..{d_sae - 1}")
-    parts = _parts(source)
-    tokens = parts[0].sample_tokens if parts else []
+    check_source(source)
+    tokens = source.sample_tokens
     if not tokens:
         raise SteerInterpError("these differences carry no sample tokens; collect them with collect_differences "
                                "(or write the store with sample_tokens=...) to see contexts")
     best_val = torch.full((len(features), k), -float("inf"))
     best_src = torch.zeros(len(features), k, 2, dtype=torch.long)  # (sample, position)
-    for part in parts:
+    for part in source.parts():
         for start in range(0, len(part), batch_size):
             acts = encode_rows(sae, part.delta[start : start + batch_size], batch_size)[:, features].T  # [f, rows]
             where = torch.stack([part.sample[start : start + batch_size], part.position[start : start + batch_size]], -1)
@@ -305,7 +294,7 @@ def top_contexts(model: HookedModel, sae, source: DiffActivations | ShardedDiffs
             top = torch.topk(vals, k, dim=1)
             best_val = top.values
             best_src = torch.gather(srcs, 1, top.indices[..., None].expand(-1, -1, 2))
-    labels = parts[0].labels
+    labels = source.labels
     out = []
     for i, f in enumerate(features):
         for rank in range(k):
@@ -328,7 +317,7 @@ def decoder_logit_lens(model: HookedModel, sae, features: Sequence[int], *, mode
 
     ``mode="norm"`` (default) reads them through the final norm's gain, as a shift of the last
     residual stream would act; ``"raw"`` as the papers read steering vectors."""
-    w_dec = _sae_of(sae).W_dec.detach()
+    w_dec = as_sae_lens(sae).W_dec.detach()
     features = [int(f) for f in features]
     if any(not 0 <= f < w_dec.shape[0] for f in features):
         raise SteerInterpError(f"features must lie in 0..{w_dec.shape[0] - 1}")

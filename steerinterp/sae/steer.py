@@ -11,6 +11,7 @@ import torch
 from steerinterp.errors import SteerInterpError
 from steerinterp.positions import Positions
 from steerinterp.sae.attribution import _hook_name
+from steerinterp.sae.train import as_sae_lens
 from steerinterp.steering import SteeringVector
 
 
@@ -21,7 +22,7 @@ def feature_vector(sae, feature: int, *, norm: float | None = None, scale: float
     Typical use: ``feature_vector(dsae, f, norm=float(vecs[layer].vector.norm()))`` to steer with a
     feature at the strength of the trained vector it came from; ``scale=-1`` steers against it.
     """
-    w_dec = getattr(sae, "sae", sae).W_dec.detach()
+    w_dec = as_sae_lens(sae).W_dec.detach()
     if not 0 <= int(feature) < w_dec.shape[0]:
         raise SteerInterpError(f"feature {feature} is out of range; this SAE has {w_dec.shape[0]} features")
     v = w_dec[int(feature)].clone()

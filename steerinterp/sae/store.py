@@ -24,7 +24,7 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.sae.collect import DiffActivations, concat_differences
+from steerinterp.sae.collect import DiffActivations, concat_differences, heldout_samples
 
 META = "meta.json"
 FIELDS = ("delta", "sample", "position", "token", "in_completion")
@@ -100,27 +100,23 @@ class ShardedDiffs:
     def __len__(self) -> int:
         if self.sample_mask is None:
             return sum(self.shard_rows)
-        return sum(len(self.shard(i)) for i in range(self.n_shards))
+        return sum(len(part) for part in self.parts())
+
+    def parts(self) -> Iterator[DiffActivations]:
+        """The shards one at a time (only one is in memory)."""
+        for i in range(self.n_shards):
+            yield self.shard(i)
 
     def load(self) -> DiffActivations:
         """Every shard in memory as one ``DiffActivations``."""
-        return concat_differences([self.shard(i) for i in range(self.n_shards)], sample_tokens=self.sample_tokens)
+        return concat_differences(list(self.parts()), sample_tokens=self.sample_tokens)
 
     def split_samples(self, heldout: float, seed: int = 0) -> tuple[ShardedDiffs, ShardedDiffs]:
         """(train, held-out) views split by whole samples, with the same rule as ``DiffActivations``."""
-        probe = DiffActivations(self.hook_name, torch.zeros(self.n_samples, 1), torch.arange(self.n_samples),
-                                torch.zeros(self.n_samples, dtype=torch.long), torch.zeros(self.n_samples, dtype=torch.long),
-                                torch.ones(self.n_samples, dtype=torch.bool), self.labels)
-        train, held = probe.split_samples(heldout, seed)
-        masks = []
-        for part in (train, held):
-            m = torch.zeros(self.n_samples, dtype=torch.bool)
-            m[part.sample] = True
-            if self.sample_mask is not None:
-                m &= self.sample_mask
-            masks.append(m)
+        held = heldout_samples(self.n_samples, heldout, seed)
+        keep = torch.ones_like(held) if self.sample_mask is None else self.sample_mask
         return tuple(ShardedDiffs(self.directory, self.hook_name, self.shard_rows, self.d_in, self.labels,
-                                  self.sample_tokens, m) for m in masks)
+                                  self.sample_tokens, m & keep) for m in (~held, held))
 
 
 class DiffActivationStore:
@@ -151,7 +147,8 @@ class DiffActivationStore:
         return ShardedDiffs(self.directory, name, list(h["rows"]), int(h["d_in"]), self.labels, self.meta["sample_tokens"])
 
 
-def _check_source(source) -> None:
+def check_source(source) -> None:
+    """Differences in memory or on disk, or a one-line error."""
     if not isinstance(source, (DiffActivations, ShardedDiffs)):
         raise SteerInterpError(f"expected DiffActivations or a store's ShardedDiffs, got {type(source).__name__}")
 
@@ -164,7 +161,7 @@ def activation_batches(source: DiffActivations | ShardedDiffs, batch_size: int, 
     seeded order and shuffle the rows of ``buffer_shards`` shards at a time. ``start_batch`` skips
     the first batches exactly (a resumed run continues the same stream).
     """
-    _check_source(source)
+    check_source(source)
     if batch_size < 1:
         raise SteerInterpError(f"batch_size must be >= 1, got {batch_size}")
     if len(source) == 0:

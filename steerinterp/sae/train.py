@@ -33,7 +33,7 @@ import torch
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations
-from steerinterp.sae.store import ShardedDiffs, activation_batches
+from steerinterp.sae.store import ShardedDiffs, activation_batches, check_source
 
 STEERINTERP_META = "steerinterp_sae.json"
 
@@ -68,14 +68,15 @@ class SAEQuality(AnalysisResult):
 @torch.no_grad()
 def sae_quality(sae, source: DiffActivations | ShardedDiffs, *, batch_size: int = 4096) -> SAEQuality:
     """FVU = sum |x - sae(x)|^2 / sum |x - mean x|^2 over the rows, mean L0, and never-firing latents."""
-    parts = [source] if isinstance(source, DiffActivations) else [source.shard(i) for i in range(source.n_shards)]
+    check_source(source)
+    sae = as_sae_lens(sae)
     d_sae = sae.cfg.d_sae
     fired = torch.zeros(d_sae, dtype=torch.bool)
     sq_err = l0 = 0.0
     n = 0
     s1 = None
     s2 = 0.0
-    for part in parts:
+    for part in source.parts():
         for start in range(0, len(part), batch_size):
             x = part.delta[start : start + batch_size].to(sae.device, sae.dtype)
             acts = sae.encode(x)
@@ -142,6 +143,11 @@ class DiffSAE(AnalysisResult):
         return directory
 
 
+def as_sae_lens(sae):
+    """The sae-lens SAE of a ``DiffSAE``, or the SAE itself."""
+    return sae.sae if isinstance(sae, DiffSAE) else sae
+
+
 def load_diff_sae(directory, *, device: str = "cpu") -> DiffSAE:
     """Load a saved ``DiffSAE`` (or any sae-lens SAE folder; then the hook comes from its config)."""
     from sae_lens import SAE
@@ -203,8 +209,7 @@ def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str 
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    if not isinstance(source, (DiffActivations, ShardedDiffs)):
-        raise SteerInterpError(f"train_diff_sae takes DiffActivations or a store's ShardedDiffs, got {type(source).__name__}")
+    check_source(source)
     if resume and checkpoint_dir is None:
         raise SteerInterpError("resume=True needs the checkpoint_dir the interrupted run wrote to")
     if n_checkpoints and checkpoint_dir is None:
