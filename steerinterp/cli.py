@@ -110,6 +110,7 @@ def cmd_train(args) -> int:
         group_size=args.group_size, prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens,
         seed=args.seed, advantage=args.advantage, checkpoint_every=args.checkpoint_every,
         full_params=args.full_params.split(",") if args.full_params else None,
+        problem_sampling=args.problem_sampling, replay_fraction=args.replay_fraction,
     )
     cfg.validate()
     model = _load(args, device=device)
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="RL-train steering vectors (RLOO) on a task; torchrun for several processes")
     t.add_argument("--model", default=None, help="embedded (default), tiny, a local HF directory or a TL name")
     t.add_argument("--finetuned", default=None, help="weights of a --parametrisation full run (its final/) on top of --model")
-    t.add_argument("--task", default="arithmetic", help="arithmetic[:LEVEL] | gsm8k:PATH[,TEST] | math:PATH")
+    t.add_argument("--task", default="arithmetic", help="arithmetic[:LEVEL[:shared]] | gsm8k:PATH[,TEST] | math:PATH")
     t.add_argument("--verifier", default=None, choices=["boxed", "last_number"], help="default: the task's")
     t.add_argument("--layers", default="all", help="all | 12 | 3,7")
     t.add_argument("--parametrisation", default="vector", choices=["vector", "adaptive", "full"])
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prompts-per-step", type=int, default=8)
     t.add_argument("--max-new-tokens", type=int, default=32)
     t.add_argument("--advantage", default="rloo", choices=["rloo", "grpo", "grpo_no_std"])
+    t.add_argument("--problem-sampling", default="epochs", choices=["epochs", "learnability"],
+                   help="learnability: replay part of each step from problems whose last group had mixed rewards")
+    t.add_argument("--replay-fraction", type=float, default=0.5, help="share of replayed prompts (learnability)")
     t.add_argument("--checkpoint-every", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True)

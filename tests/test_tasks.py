@@ -25,6 +25,21 @@ def test_arithmetic_splits_are_disjoint_and_seeded():
         arithmetic_task("add7")
 
 
+def test_shared_split_is_the_prototype_protocol():
+    """split="shared": training draws from every problem and the test set is a seeded draw from them."""
+    t = arithmetic_task("add1", split="shared")
+    assert len(t.train) == 81 and len(t.test) == 64
+    assert {p.id for p in t.test} <= {p.id for p in t.train}
+    assert len({p.id for p in t.test}) == 64  # drawn without replacement
+    assert t.name == "arithmetic:add1/shared" and t.info["split"] == "shared"
+    assert arithmetic_task("add1").name == "arithmetic:add1"  # disjoint keeps its name (old checkpoints resume)
+    assert len(arithmetic_task("add1", split="shared", n_test=500).test) == 81
+    assert [p.id for p in load_task("arithmetic:add1:shared").test] == [p.id for p in t.test]
+    assert load_task("arithmetic:add2").info["split"] == "disjoint"
+    with pytest.raises(SteerInterpError, match="unknown split 'overlap'; choose one of disjoint, shared"):
+        load_task("arithmetic:add1:overlap")
+
+
 def test_prompts_use_the_chat_template(tiny):
     t = arithmetic_task("add1")
     prompt = t.prompts(tiny, t.test[:1])[0]

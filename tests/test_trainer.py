@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import subprocess
@@ -73,9 +74,13 @@ def test_end_to_end_learns_and_saves(tiny, tmp_path):
     assert all(p.grad is None for p in tiny.parameters())
 
 
-def test_resume_after_interruption_gives_the_same_vectors(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sampling", ["epochs", "learnability"])
+def test_resume_after_interruption_gives_the_same_vectors(tiny, tmp_path, monkeypatch, sampling):
     task = FirstTokenTask(_good_set(tiny))
-    full = Trainer(tiny, task, _cfg(steps=5), tmp_path / "full", progress=False).train()
+    cfg = functools.partial(_cfg, problem_sampling=sampling)
+    full = Trainer(tiny, task, cfg(steps=5), tmp_path / "full", progress=False).train()
+    if sampling == "learnability":  # the run did replay problems, so the sampler's state mattered
+        assert sum(m["replayed"] for m in full.metrics) > 0
 
     calls = {"n": 0}
     real = FirstTokenTask.reward
@@ -88,17 +93,35 @@ def test_resume_after_interruption_gives_the_same_vectors(tiny, tmp_path, monkey
 
     monkeypatch.setattr(FirstTokenTask, "reward", flaky)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny, task, _cfg(steps=5), tmp_path / "cut", progress=False).train()
+        Trainer(tiny, task, cfg(steps=5), tmp_path / "cut", progress=False).train()
     monkeypatch.setattr(FirstTokenTask, "reward", real)
     with pytest.raises(SteerInterpError, match="already holds a run"):
-        Trainer(tiny, task, _cfg(steps=5), tmp_path / "cut", progress=False).train()
-    resumed = Trainer(tiny, task, _cfg(steps=5), tmp_path / "cut", progress=False).train(resume=True)
+        Trainer(tiny, task, cfg(steps=5), tmp_path / "cut", progress=False).train()
+    resumed = Trainer(tiny, task, cfg(steps=5), tmp_path / "cut", progress=False).train(resume=True)
     for a, b in zip(full.steering, resumed.steering):
         assert torch.equal(a.vector, b.vector)
     assert [m["reward_mean"] for m in full.metrics] == [m["reward_mean"] for m in resumed.metrics]
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 5
     with pytest.raises(SteerInterpError, match="cannot resume: lr"):
-        Trainer(tiny, task, _cfg(steps=6, lr=0.5), tmp_path / "cut", progress=False).train(resume=True)
+        Trainer(tiny, task, cfg(steps=6, lr=0.5), tmp_path / "cut", progress=False).train(resume=True)
+
+
+def test_checkpoints_from_before_problem_sampling_still_resume(tiny, tmp_path):
+    """A checkpoint whose config predates a setting resumes when the run keeps that setting's default."""
+    from steerinterp.rl.checkpoint import load_checkpoint, save_checkpoint
+
+    task = FirstTokenTask(_good_set(tiny))
+    Trainer(tiny, task, _cfg(steps=3), tmp_path / "old", progress=False).train(resume=False)
+    state = load_checkpoint(tmp_path / "old")
+    for key in ("problem_sampling", "replay_fraction"):
+        del state["config"][key]
+    del state["accuracy"]
+    save_checkpoint(tmp_path / "old", state)
+    resumed = Trainer(tiny, task, _cfg(steps=4), tmp_path / "old", progress=False).train(resume=True)
+    assert len(resumed.metrics) == 4
+    with pytest.raises(SteerInterpError, match="cannot resume: problem_sampling was 'epochs'"):
+        Trainer(tiny, task, _cfg(steps=5, problem_sampling="learnability"), tmp_path / "old",
+                progress=False).train(resume=True)
 
 
 def test_adaptive_parametrisation_starts_at_zero_effect_and_trains(tiny, tmp_path):
@@ -155,6 +178,8 @@ def test_bad_configs(tiny):
         Trainer(tiny, task, _cfg(group_size=1))
     with pytest.raises(SteerInterpError, match="parametrisation"):
         Trainer(tiny, task, _cfg(parametrisation="lora"))
+    with pytest.raises(SteerInterpError, match="problem_sampling='hard'"):
+        Trainer(tiny, task, _cfg(problem_sampling="hard"))
     with pytest.raises(SteerInterpError, match="out of range"):
         Trainer(tiny, task, _cfg(layers=[7]))
 

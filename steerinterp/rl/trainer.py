@@ -6,7 +6,8 @@ and take one AdamW step on the token-normalised REINFORCE loss, with gradient-no
 linear warmup then constant learning rate. On-policy, no KL, no PPO clipping.
 
 Exact resumption: sampling seeds are derived from (seed, step, prompt slot, sample), the data order
-from (seed, epoch), and checkpoints hold parameters, optimizer, scheduler, data position, RNG states
+from (seed, epoch) and, with ``problem_sampling="learnability"``, from each problem's last group accuracy
+(steerinterp.rl.problem_sampler), and checkpoints hold parameters, optimizer, scheduler, data position, RNG states
 and metrics, written atomically. A run interrupted and resumed ends with the same parameters.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +30,9 @@ from steerinterp.rl.advantages import compute_advantages
 from steerinterp.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from steerinterp.rl.distributed import DistInfo, all_gather_list, all_reduce_sum, barrier, init_from_env
 from steerinterp.rl.loss import reinforce_loss
+from steerinterp.rl.problem_sampler import ProblemSampler
 from steerinterp.steering import SteeringSet
-from steerinterp.tasks.base import Problem, Task
+from steerinterp.tasks.base import Task
 
 PARAMETRISATIONS = ("vector", "adaptive", "full")
 
@@ -60,6 +61,8 @@ class TrainConfig:
     checkpoint_every: int = 1
     micro_batch: int = 64  # sequences per forward/backward in the gradient pass (a multiple of group_size)
     engine: str = "auto"
+    problem_sampling: str = "epochs"  # epochs (the papers') | learnability (replay problems with mixed rewards)
+    replay_fraction: float = 0.5  # for "learnability": the share of each step's prompts that is replayed
 
     def validate(self) -> None:
         if self.parametrisation not in PARAMETRISATIONS:
@@ -73,6 +76,7 @@ class TrainConfig:
             raise SteerInterpError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise SteerInterpError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        ProblemSampler(1, self.seed, self.problem_sampling, self.replay_fraction)  # checks both settings
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -175,31 +179,14 @@ class Trainer:
             self.optimizer, lambda s: 1.0 if warmup == 0 or s >= warmup else s / warmup
         )
         self.step_index = 0
-        self.epoch, self.position = 0, 0
+        self.sampler = ProblemSampler(len(task.train), cfg.seed, cfg.problem_sampling, cfg.replay_fraction)
         self.metrics: list[dict] = []
-
-    # ---- data ---------------------------------------------------------------------------------------
-    def _order(self, epoch: int) -> list[int]:
-        idx = list(range(len(self.task.train)))
-        random.Random(self.config.seed * 7919 + epoch).shuffle(idx)
-        return idx
-
-    def _next_problems(self) -> list[Problem]:
-        n = self.config.prompts_per_step
-        out = []
-        while len(out) < n:
-            order = self._order(self.epoch)
-            take = order[self.position : self.position + n - len(out)]
-            out += [self.task.train[i] for i in take]
-            self.position += len(take)
-            if self.position >= len(order):
-                self.epoch, self.position = self.epoch + 1, 0
-        return out
 
     # ---- one step ---------------------------------------------------------------------------------------
     def step(self) -> dict:
         cfg, model, d = self.config, self.model, self.dist
-        problems = self._next_problems()
+        indices, n_replayed = self.sampler.draw(cfg.prompts_per_step, self.step_index)
+        problems = [self.task.train[i] for i in indices]
         per_rank = cfg.prompts_per_step // d.world_size
         first_slot = d.rank * per_rank
         mine = problems[first_slot : first_slot + per_rank]
@@ -249,11 +236,13 @@ class Trainer:
         all_adv = torch.tensor(all_gather_list(adv.tolist(), d))
         lengths = all_gather_list(out.completion_lengths.tolist(), d)
         groups = torch.tensor(all_rewards).view(-1, G)
+        self.sampler.record(indices, torch.tensor(all_correct, dtype=torch.float64).view(-1, G).mean(1).tolist())
         m = {
             "step": self.step_index,
             "reward_mean": float(torch.tensor(all_rewards).mean()),
             "accuracy": sum(all_correct) / len(all_correct),
             "groups_with_signal": float((groups.max(1).values != groups.min(1).values).float().mean()),
+            "replayed": n_replayed,
             "adv_mean": float(all_adv.mean()),
             "adv_std": float(all_adv.std()) if len(all_adv) > 1 else 0.0,
             "adv_abs_mean": float(all_adv.abs().mean()),
@@ -284,8 +273,7 @@ class Trainer:
     def state(self) -> dict:
         return {
             "step": self.step_index,
-            "epoch": self.epoch,
-            "position": self.position,
+            **self.sampler.state_dict(),  # epoch, position, last accuracy per problem
             "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -297,10 +285,11 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         saved, now = state["config"], self.config.to_dict()
-        changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        defaults = TrainConfig().to_dict()  # settings added since a checkpoint was written had their defaults
+        changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
         if changed:
             k = changed[0]
-            raise SteerInterpError(f"cannot resume: {k} was {saved.get(k)!r} in the checkpoint, now {now[k]!r}")
+            raise SteerInterpError(f"cannot resume: {k} was {saved.get(k, defaults[k])!r} in the checkpoint, now {now[k]!r}")
         if state["task"] != self.task.name:
             raise SteerInterpError(f"cannot resume: the checkpoint trained on {state['task']!r}, not {self.task.name!r}")
         with torch.no_grad():
@@ -309,7 +298,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        self.step_index, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.step_index = state["step"]
+        self.sampler.load_state_dict(state)
         self.metrics = list(state["metrics"])
 
     def _write_metrics(self, rewrite: bool = False) -> None:

@@ -24,15 +24,26 @@ LEVELS: dict[str, tuple[range, str, Callable[[int, int], int]]] = {
 }
 
 
-def arithmetic_task(level: str = "add1", *, n_test: int = 64, seed: int = 0, verifier: str = "last_number",
-                    format_bonus: float = 0.0, user_template: str = ARITHMETIC_TEMPLATE) -> Task:
-    """All problems of a level, split into disjoint train / test sets by a seeded shuffle.
+SPLITS = ("disjoint", "shared")
 
-    ``n_test`` is capped at half the level's problem count (add1 has 81 problems: 40 test, 41 train),
-    so test problems are never seen in training.
+
+def arithmetic_task(level: str = "add1", *, n_test: int = 64, seed: int = 0, verifier: str = "last_number",
+                    format_bonus: float = 0.0, user_template: str = ARITHMETIC_TEMPLATE,
+                    split: str = "disjoint") -> Task:
+    """All problems of a level, with a test set drawn by a seeded shuffle.
+
+    Args:
+        split: ``"disjoint"`` (default): train and test are disjoint, so test problems are never seen in
+            training; ``n_test`` is capped at half the level's problem count (add1 has 81 problems:
+            40 test, 41 train). ``"shared"``: the plain-PyTorch prototype's protocol (MODELS.md section 11):
+            training draws from every problem of the level and the test set is ``n_test`` problems of the
+            same space (capped at all of them), so it measures in-distribution accuracy, not
+            generalisation to unseen problems. The task's name says ``/shared`` so results stay labelled.
     """
     if level not in LEVELS:
         raise SteerInterpError(f"unknown arithmetic level {level!r}; choose one of {', '.join(LEVELS)}")
+    if split not in SPLITS:
+        raise SteerInterpError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     operands, op, fn = LEVELS[level]
     problems = [
         Problem(question=f"What is {a} {op} {b}?", answer=str(fn(a, b)), id=f"{level}:{a}{op}{b}")
@@ -40,14 +51,18 @@ def arithmetic_task(level: str = "add1", *, n_test: int = 64, seed: int = 0, ver
         for b in operands
     ]
     random.Random(seed).shuffle(problems)
-    n_test = min(n_test, len(problems) // 2)
+    if split == "shared":
+        train, test = problems, problems[: min(n_test, len(problems))]
+    else:
+        n_test = min(n_test, len(problems) // 2)
+        train, test = problems[n_test:], problems[:n_test]
     return Task(
-        name=f"arithmetic:{level}",
-        train=problems[n_test:],
-        test=problems[:n_test],
+        name=f"arithmetic:{level}" + ("/shared" if split == "shared" else ""),
+        train=train,
+        test=test,
         verifier=verifier,
         system_prompt=None,
         user_template=user_template,
         format_bonus=format_bonus,
-        info={"level": level, "seed": seed},
+        info={"level": level, "seed": seed, "split": split},
     )

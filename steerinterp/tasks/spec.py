@@ -1,4 +1,4 @@
-"""Task specs for the command line: ``arithmetic[:LEVEL]``, ``gsm8k:PATH[,TEST_PATH]``, ``math:PATH``."""
+"""Task specs for the command line: ``arithmetic[:LEVEL[:SPLIT]]``, ``gsm8k:PATH[,TEST_PATH]``, ``math:PATH``."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ GSM8K_LENIENT_TEMPLATE = "{question}\nGive the final answer as a number."
 def load_task(spec: str, *, verifier: str | None = None, seed: int = 0, limit: int | None = None):
     """Build a Task from a spec string.
 
-    * ``arithmetic`` / ``arithmetic:add2``: synthetic levels (lenient last-number verifier);
+    * ``arithmetic`` / ``arithmetic:add2``: synthetic levels (lenient last-number verifier), train and test
+      disjoint; ``arithmetic:add1:shared``: test problems drawn from the training problems (the prototype's
+      protocol, see ``arithmetic_task``);
     * ``gsm8k:train.jsonl`` or ``gsm8k:train.jsonl,test.jsonl`` (a directory with both works too);
       ``verifier="last_number"`` switches to the lenient check with a number-asking prompt;
     * ``math:file.jsonl``.
     """
     kind, _, arg = spec.partition(":")
     if kind == "arithmetic":
-        return arithmetic_task(arg or "add1", seed=seed, verifier=verifier or "last_number")
+        level, _, split = arg.partition(":")
+        return arithmetic_task(level or "add1", seed=seed, verifier=verifier or "last_number", split=split or "disjoint")
     if kind in ("gsm8k", "math"):
         if not arg:
             raise SteerInterpError(f"task {spec!r} needs a path: {kind}:PATH")
@@ -35,4 +38,4 @@ def load_task(spec: str, *, verifier: str | None = None, seed: int = 0, limit: i
                                   user_template=GSM8K_LENIENT_TEMPLATE, seed=seed, limit=limit)
             return gsm8k_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
         return math_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
-    raise SteerInterpError(f"unknown task {spec!r}; use arithmetic[:LEVEL], gsm8k:PATH or math:PATH")
+    raise SteerInterpError(f"unknown task {spec!r}; use arithmetic[:LEVEL[:SPLIT]], gsm8k:PATH or math:PATH")
