@@ -29,6 +29,10 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--layers", default="all")
+    ap.add_argument("--split", default="disjoint", choices=["disjoint", "shared"],
+                    help="shared = the prototype's protocol: test problems drawn from the training problems")
+    ap.add_argument("--problem-sampling", default="epochs", choices=["epochs", "learnability"],
+                    help="learnability = replay half of each step's prompts from problems with mixed rewards")
     ap.add_argument("--parametrisation", default="vector", choices=["vector", "adaptive", "full"],
                     help="full = the papers' full fine-tuning baseline (same RL loop on the weights)")
     ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
@@ -41,12 +45,15 @@ def main():
     torch.set_num_threads(args.threads)
 
     model = si.load_model()
-    task = arithmetic_task(args.level)
+    task = arithmetic_task(args.level, split=args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = args.level if args.parametrisation == "vector" else f"{args.level}-{args.parametrisation}"
+    tag = args.level + ("" if args.split == "disjoint" else f"-{args.split}")
+    tag += "" if args.parametrisation == "vector" else f"-{args.parametrisation}"
+    tag += "" if args.problem_sampling == "epochs" else f"-{args.problem_sampling}"
     summary = {"level": args.level, "task": repr(task), "steps": args.steps, "lr": args.lr,
-               "parametrisation": args.parametrisation, "seeds": {}}
+               "parametrisation": args.parametrisation, "split": args.split,
+               "problem_sampling": args.problem_sampling, "seeds": {}}
     if not args.skip_base:
         t = time.time()
         base = evaluate(model, task, {"base": None}, samples=args.eval_samples).to_frame()
@@ -55,7 +62,8 @@ def main():
     for k, seed in enumerate(args.seeds):
         if args.parametrisation == "full" and k:
             model = si.load_model()  # full fine-tuning trains the weights in place: each seed starts from the base
-        cfg = TrainConfig(steps=args.steps, lr=args.lr, layers=args.layers, seed=seed, parametrisation=args.parametrisation)
+        cfg = TrainConfig(steps=args.steps, lr=args.lr, layers=args.layers, seed=seed, parametrisation=args.parametrisation,
+                          problem_sampling=args.problem_sampling)
         run_dir = Path(args.runs) / f"{tag}-seed{seed}"
         result = Trainer(model, task, cfg, run_dir).train(resume=args.resume)
         df = result.to_frame()
