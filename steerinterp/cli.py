@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
         group_size=args.group_size, prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens,
         seed=args.seed, advantage=args.advantage, checkpoint_every=args.checkpoint_every,
         full_params=args.full_params.split(",") if args.full_params else None,
-        problem_sampling=args.problem_sampling, replay_fraction=args.replay_fraction,
+        problem_sampling=args.problem_sampling, replay_fraction=args.replay_fraction, warmup_ratio=args.warmup_ratio,
     )
     cfg.validate()
     model = _load(args, device=device)
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prompts-per-step", type=int, default=8)
     t.add_argument("--max-new-tokens", type=int, default=32)
     t.add_argument("--advantage", default="rloo", choices=["rloo", "grpo", "grpo_no_std"])
+    t.add_argument("--warmup-ratio", type=float, default=0.03,
+                   help="share of steps with linear LR warmup (the papers' 3%%; 0 = none, as the MODELS.md prototype)")
     t.add_argument("--problem-sampling", default="epochs", choices=["epochs", "learnability"],
                    help="learnability: replay part of each step from problems whose last group had mixed rewards")
     t.add_argument("--replay-fraction", type=float, default=0.5, help="share of replayed prompts (learnability)")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ def _run(args):
         (["train", "--model", "tiny", "--group-size", "1", "--out", "{tmp}/d"], "group_size"),
         (["train", "--model", "tiny", "--problem-sampling", "learnability", "--replay-fraction", "2", "--out", "{tmp}/e"],
          "replay_fraction must be in [0, 1], got 2.0"),
+        (["train", "--model", "tiny", "--warmup-ratio", "1.5", "--out", "{tmp}/g"], "warmup_ratio must be in [0, 1), got 1.5"),
         (["train", "--model", "tiny", "--task", "arithmetic:add1:overlap", "--out", "{tmp}/f"], "unknown split 'overlap'"),
         (["generate", "hi", "--model", "tiny", "--vectors", "{tmp}/missing"], "no steering file"),
         (["eval", "--model", "tiny", "--finetuned", "{tmp}/nothing"], "no fine-tuned weights"),
@@ -33,10 +35,12 @@ def test_bad_input_is_one_line(tmp_path, args, message):
 
 def test_train_eval_generate_on_the_tiny_model(tmp_path, capsys):
     assert main(["train", "--model", "tiny", "--steps", "2", "--group-size", "2", "--prompts-per-step", "2",
-                 "--max-new-tokens", "3", "--layers", "1,3", "--out", str(tmp_path / "run")]) == 0
+                 "--max-new-tokens", "3", "--layers", "1,3", "--warmup-ratio", "0", "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "final" / "vectors.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_ratio"] == 0
     assert main(["train", "--model", "tiny", "--steps", "3", "--group-size", "2", "--prompts-per-step", "2",
-                 "--max-new-tokens", "3", "--layers", "1,3", "--out", str(tmp_path / "run"), "--resume"]) == 0
+                 "--max-new-tokens", "3", "--layers", "1,3", "--warmup-ratio", "0", "--out", str(tmp_path / "run"),
+                 "--resume"]) == 0
     assert main(["eval", "--model", "tiny", "--vectors", str(tmp_path / "run" / "final"), "--samples", "1",
                  "--limit", "3", "--max-new-tokens", "3", "--out", str(tmp_path / "eval.csv")]) == 0
     out = capsys.readouterr().out

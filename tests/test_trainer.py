@@ -214,3 +214,67 @@ def test_two_gloo_processes_match_one(tiny, tmp_path):
     m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [m["accuracy"] for m in m1] == [m["accuracy"] for m in m2]
+
+
+def _hf_logits_with_vectors(hf, vectors, tokens, attention_mask):
+    """Logits of a transformers Llama with ``vectors[l]`` added to the output of decoder layer l."""
+
+    def adder(v):
+        return lambda module, args, o: (o[0] + v,) + tuple(o[1:]) if isinstance(o, tuple) else o + v
+
+    handles = [layer.register_forward_hook(adder(v)) for layer, v in zip(hf.model.layers, vectors)]
+    try:
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        return hf(input_ids=tokens, attention_mask=attention_mask, position_ids=positions).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_trainer_steps_equal_a_plain_pytorch_rloo_on_the_hf_model(tiny64, monkeypatch):
+    """Oracle: the MODELS.md section 11 prototype written out by hand on the transformers model (forward hooks
+    adding one vector after each decoder layer, full forward, RLOO, token-normalised REINFORCE, clip, AdamW)
+    gives the trainer's gradients and vectors, step after step, on the trainer's own samples."""
+    import steerinterp.rl.trainer as trainer_module
+    from steerinterp.models import TinyConfig, tiny_hf_model
+
+    captured = []
+    real_generate = trainer_module.generate
+    monkeypatch.setattr(trainer_module, "generate", lambda *a, **k: captured.append(real_generate(*a, **k)) or captured[-1])
+    task = FirstTokenTask(_good_set(tiny64))
+    cfg = _cfg(steps=3, lr=0.05, group_size=8, prompts_per_step=8, max_new_tokens=4, max_grad_norm=0.05,
+               weight_decay=0.01)
+    trainer = Trainer(tiny64, task, cfg, None, progress=False)
+    hf, _ = tiny_hf_model(TinyConfig())
+    hf = hf.double().requires_grad_(False)
+    n_layers, G = tiny64.cfg.n_layers, cfg.group_size
+    vectors = torch.zeros(n_layers, tiny64.cfg.d_model, dtype=torch.float64)
+    m, v = torch.zeros_like(vectors), torch.zeros_like(vectors)
+    beta1, beta2 = cfg.betas
+    clipped = with_signal = 0
+    for t in range(1, cfg.steps + 1):
+        trainer.step()
+        out = captured[-1]
+        rewards = torch.tensor([task.reward(text, None) for text in out.texts], dtype=torch.float64).view(-1, G)
+        adv = (rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)).flatten()
+        leaf = vectors.clone().requires_grad_(True)
+        logits = _hf_logits_with_vectors(hf, leaf, out.tokens, out.attention_mask)
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, out.tokens[:, 1:, None])[..., 0]
+        mask = out.completion_mask[:, 1:].double()
+        loss = -(adv[:, None] * logp * mask).sum() / mask.sum()
+        (grad,) = torch.autograd.grad(loss, leaf)
+        norm = grad.norm()
+        with_signal += bool(norm > 0)
+        clipped += bool(norm > cfg.max_grad_norm)
+        grad = grad * min(1.0, cfg.max_grad_norm / (float(norm) + 1e-6))
+        got = torch.stack([vec.vector.grad for vec in trainer.steering])
+        # float64 on both sides; TransformerLens and transformers build their rotary tables in float32 (logits
+        # agree to ~5e-7), so the comparison is relative to the gradient's size
+        assert (got - grad).norm() <= 1e-5 * grad.norm(), float((got - grad).norm() / grad.norm())
+        vectors = vectors * (1 - cfg.lr * cfg.weight_decay)
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad**2
+        vectors = vectors - cfg.lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + 1e-8)
+        got = torch.stack([vec.vector.detach() for vec in trainer.steering])
+        assert (got - vectors).norm() < 1e-5 * vectors.norm(), float((got - vectors).norm() / vectors.norm())
+    assert with_signal >= 2 and clipped >= 1  # rewards varied within groups, and the clip took effect

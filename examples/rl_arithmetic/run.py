@@ -35,6 +35,8 @@ def main():
                     help="learnability = replay half of each step's prompts from problems with mixed rewards")
     ap.add_argument("--parametrisation", default="vector", choices=["vector", "adaptive", "full"],
                     help="full = the papers' full fine-tuning baseline (same RL loop on the weights)")
+    ap.add_argument("--warmup-ratio", type=float, default=None,
+                    help="share of steps with linear LR warmup (default: TrainConfig's 0.03; 0 = the prototype's)")
     ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -51,9 +53,10 @@ def main():
     tag = args.level + ("" if args.split == "disjoint" else f"-{args.split}")
     tag += "" if args.parametrisation == "vector" else f"-{args.parametrisation}"
     tag += "" if args.problem_sampling == "epochs" else f"-{args.problem_sampling}"
+    tag += "" if args.warmup_ratio is None else f"-warmup{args.warmup_ratio:g}"
     summary = {"level": args.level, "task": repr(task), "steps": args.steps, "lr": args.lr,
                "parametrisation": args.parametrisation, "split": args.split,
-               "problem_sampling": args.problem_sampling, "seeds": {}}
+               "problem_sampling": args.problem_sampling, "warmup_ratio": args.warmup_ratio, "seeds": {}}
     if not args.skip_base:
         t = time.time()
         base = evaluate(model, task, {"base": None}, samples=args.eval_samples).to_frame()
@@ -63,7 +66,8 @@ def main():
         if args.parametrisation == "full" and k:
             model = si.load_model()  # full fine-tuning trains the weights in place: each seed starts from the base
         cfg = TrainConfig(steps=args.steps, lr=args.lr, layers=args.layers, seed=seed, parametrisation=args.parametrisation,
-                          problem_sampling=args.problem_sampling)
+                          problem_sampling=args.problem_sampling,
+                          **({} if args.warmup_ratio is None else {"warmup_ratio": args.warmup_ratio}))
         run_dir = Path(args.runs) / f"{tag}-seed{seed}"
         result = Trainer(model, task, cfg, run_dir).train(resume=args.resume)
         df = result.to_frame()
