@@ -5,7 +5,7 @@ checkpoint, a forward hook adding one vector after each decoder layer (zero init
 sampling, a full forward for the gradient, RLOO, token-normalised REINFORCE, AdamW lr 3e-3 (no warmup),
 gradient-norm clip 2.0, 8 prompts x 8 samples x 32 new tokens per step, reward +1 when the last number
 of the completion is the sum, else -1. Problems are drawn at random from all 81 single-digit sums each
-step. The trained vectors are then evaluated with steerinterp's ``evaluate`` on the same test problems
+step (MODELS.md does not say how the prototype drew them). The trained vectors are then evaluated with steerinterp's ``evaluate`` on the same test problems
 as ``run.py --split shared``, so both trainers are scored by one evaluation.
 
     python examples/rl_arithmetic/prototype_reference.py --seeds 0 1 --steps 40
@@ -36,8 +36,11 @@ def last_number_reward(completion: str, answer: int) -> float:
     return 1.0 if numbers and int(numbers[-1]) == answer else -1.0
 
 
-def train_prototype(hf, tok, problems, *, seed, steps, lr=3e-3, clip=2.0, n_prompts=8, group=8, max_new_tokens=32):
-    """RLOO on one vector per decoder layer; returns the vectors [n_layers, d_model] and per-step metrics."""
+def train_prototype(hf, tok, problems, *, seed, steps, lr=3e-3, clip=2.0, n_prompts=8, group=8, max_new_tokens=32,
+                    on_step=None):
+    """RLOO on one vector per decoder layer; returns the vectors [n_layers, d_model] and per-step metrics.
+
+    ``on_step(row)`` is called with each step's metrics (e.g. to print progress)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     vectors = torch.nn.Parameter(torch.zeros(hf.config.num_hidden_layers, hf.config.hidden_size))
@@ -88,8 +91,8 @@ def train_prototype(hf, tok, problems, *, seed, steps, lr=3e-3, clip=2.0, n_prom
                          "completion_len": float(mask.sum(1).float().mean()), "grad_norm": float(grad_norm),
                          "vector_norm_mean": float(vectors.detach().norm(dim=1).mean()),
                          "seconds_sampling": t_sample, "seconds_gradient": t_grad, "example": texts_out[0]})
-            print(f"step {step}: acc {rows[-1]['accuracy']:.3f} len {rows[-1]['completion_len']:.1f} "
-                  f"({t_sample:.1f} s + {t_grad:.1f} s)", flush=True)
+            if on_step is not None:
+                on_step(rows[-1])
     finally:
         for h in handles:
             h.remove()
@@ -118,7 +121,9 @@ def main():
                "seeds": {}}
     for seed in args.seeds:
         hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval().requires_grad_(False)
-        vectors, df = train_prototype(hf, tok, problems, seed=seed, steps=args.steps)
+        vectors, df = train_prototype(hf, tok, problems, seed=seed, steps=args.steps, on_step=lambda r: print(
+            f"step {r['step']}: acc {r['accuracy']:.3f} len {r['completion_len']:.1f} "
+            f"({r['seconds_sampling']:.1f} s + {r['seconds_gradient']:.1f} s)", flush=True))
         del hf
         model = si.load_model()
         steering = si.SteeringSet.zeros(model, "all")
