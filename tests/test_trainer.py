@@ -234,7 +234,8 @@ def _hf_logits_with_vectors(hf, vectors, tokens, attention_mask):
 def test_trainer_steps_equal_a_plain_pytorch_rloo_on_the_hf_model(tiny64, monkeypatch):
     """Oracle: the MODELS.md section 11 prototype written out by hand on the transformers model (forward hooks
     adding one vector after each decoder layer, full forward, RLOO, token-normalised REINFORCE, clip, AdamW with
-    decoupled weight decay, linear warmup) gives the trainer's gradients and vectors, step after step, on the trainer's own samples."""
+    decoupled weight decay, linear warmup) gives the trainer's gradients and vectors, step after step, on the
+    trainer's own samples."""
     import steerinterp.rl.trainer as trainer_module
     from steerinterp.models import TinyConfig, tiny_hf_model
 

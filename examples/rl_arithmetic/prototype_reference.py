@@ -5,8 +5,9 @@ checkpoint, a forward hook adding one vector after each decoder layer (zero init
 sampling, a full forward for the gradient, RLOO, token-normalised REINFORCE, AdamW lr 3e-3 (no warmup),
 gradient-norm clip 2.0, 8 prompts x 8 samples x 32 new tokens per step, reward +1 when the last number
 of the completion is the sum, else -1. Problems are drawn at random from all 81 single-digit sums each
-step (MODELS.md does not say how the prototype drew them). The trained vectors are then evaluated with steerinterp's ``evaluate`` on the same test problems
-as ``run.py --split shared``, so both trainers are scored by one evaluation.
+step (MODELS.md does not say how the prototype drew them). The trained vectors are then evaluated with
+steerinterp's ``evaluate`` on the same test problems as ``run.py --split shared``, so both trainers are
+scored by one evaluation.
 
     python examples/rl_arithmetic/prototype_reference.py --seeds 0 1 --steps 40
 """
