@@ -16,7 +16,7 @@ import time
 import torch
 
 import steerinterp as si
-from steerinterp.gguf_loader import gguf_to_hf_checkpoint
+from steerinterp.models.gguf import gguf_to_hf_checkpoint
 
 QUESTIONS = [
     "What is 3 + 4? Answer with just the number.",

@@ -18,7 +18,7 @@ import time
 import torch
 
 import steerinterp as si
-from steerinterp.gguf_loader import gguf_to_hf_checkpoint
+from steerinterp.models.gguf import gguf_to_hf_checkpoint
 from steerinterp.tasks import arithmetic_task
 
 

@@ -16,16 +16,20 @@ import sys
 from pathlib import Path
 
 MODULES = {
-    "steerinterp": "Models, steering vectors, generation",
-    "steerinterp.tasks": "Tasks and verifiers",
-    "steerinterp.rewards": "Rewards",
-    "steerinterp.rl": "RL training (RLOO)",
-    "steerinterp.evaluate": "Evaluation",
+    "steerinterp": "Models, steering vectors, generation, run directories",
+    "steerinterp.steering": "Steering objects, positions, hook sites",
+    "steerinterp.models": "Loading models",
+    "steerinterp.generation": "Generation engines and decoding",
+    "steerinterp.tasks": "Tasks, verifiers and evaluation",
+    "steerinterp.tasks.verifiers": "Verifiers (rewards)",
+    "steerinterp.rl": "RL training (RLOO) and parametrisations",
     "steerinterp.analysis": "Analyses (one module each)",
     "steerinterp.sae": "DiffSAE and SAE-feature attribution",
-    "steerinterp.run_analysis": "Run analyses and the report",
-    "steerinterp.report": "Self-contained HTML report",
-    "steerinterp.figures": "Figures",
+    "steerinterp.run_dir": "Run directories",
+    "steerinterp.app.pipeline": "Run analyses and the report",
+    "steerinterp.app.report": "Self-contained HTML report",
+    "steerinterp.app.figures": "Figures",
+    "steerinterp.app.examples": "The examples' shared prelude",
 }
 OUT = Path(__file__).parents[1] / "docs" / "api.md"
 

@@ -37,7 +37,7 @@ def embedded():
 
 
 def tokens_of(model, texts):
-    from steerinterp.generation import encode_prompts, left_pad
+    from steerinterp.generation.decode import encode_prompts, left_pad
 
     ids, _ = encode_prompts(model, texts)
     return left_pad(ids, model.tokenizer.pad_token_id, "cpu")

@@ -283,7 +283,7 @@ def test_token_segments_of_a_chatml_prompt():
 
 
 def test_adaptive_magnitudes_oracle(tiny64, batch64):
-    from steerinterp.adaptive import AdaptiveSteering
+    from steerinterp.steering.adaptive import AdaptiveSteering
 
     model = tiny64
     ad = AdaptiveSteering.init(model, [2], seed=0)

@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from steerinterp.cli import main
+from steerinterp.app.cli import main
 
 
 def _run(args):
-    return subprocess.run([sys.executable, "-m", "steerinterp.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "steerinterp", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize(
@@ -33,11 +33,17 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert len(err) == 1 and err[0].startswith("steerinterp: error:") and message in err[0], proc.stderr
 
 
+def test_old_module_path_runs_as_a_script(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "steerinterp.cli", "report", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
 def test_train_eval_generate_on_the_tiny_model(tmp_path, capsys):
     assert main(["train", "--model", "tiny", "--steps", "2", "--group-size", "2", "--prompts-per-step", "2",
                  "--max-new-tokens", "3", "--layers", "1,3", "--warmup-ratio", "0", "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "final" / "vectors.safetensors").is_file()
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_ratio"] == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["warmup_ratio"] == 0
     assert main(["train", "--model", "tiny", "--steps", "3", "--group-size", "2", "--prompts-per-step", "2",
                  "--max-new-tokens", "3", "--layers", "1,3", "--warmup-ratio", "0", "--out", str(tmp_path / "run"),
                  "--resume"]) == 0

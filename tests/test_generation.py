@@ -199,7 +199,7 @@ def test_per_prompt_seeds_make_samples_independent_of_batching(tiny):
 
 
 def test_sampler_matches_the_distribution():
-    from steerinterp.sampling import next_tokens
+    from steerinterp.generation.sampling import next_tokens
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20000, 4)
     g = [torch.Generator().manual_seed(0)]

@@ -19,7 +19,7 @@ PROMPTS = [
 
 
 def test_reverse_permute_inverts_llama_cpp_permutation():
-    from steerinterp.gguf_loader import reverse_permute
+    from steerinterp.models.gguf import reverse_permute
 
     n_head, d_head, d_in = 3, 8, 5
     w = np.random.default_rng(0).normal(size=(n_head * d_head, d_in)).astype(np.float32)
@@ -39,7 +39,7 @@ def reference_hf():
     """transformers' own GGUF route: an independent conversion of the same file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steerinterp.gguf_loader import embedded_gguf_path
+    from steerinterp.models.gguf import embedded_gguf_path
 
     path = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -89,7 +89,7 @@ def test_greedy_parity_with_transformers_generate(embedded, reference_hf):
 
 
 def test_damaged_cache_is_rebuilt(tmp_path):
-    from steerinterp.gguf_loader import MANIFEST, gguf_to_hf_checkpoint
+    from steerinterp.models.gguf import MANIFEST, gguf_to_hf_checkpoint
 
     d = gguf_to_hf_checkpoint(out_dir=tmp_path / "ckpt")
     st = d / "model.safetensors"

@@ -151,8 +151,8 @@ def test_patched_generation_matches_teacher_forced_patching(setup):
 
 def test_patched_accuracy_references(tiny):
     from steerinterp.analysis.patched_generation import patched_accuracy
-    from steerinterp.evaluate import evaluate
     from steerinterp.tasks import arithmetic_task
+    from steerinterp.tasks.evaluation import evaluate
 
     task = arithmetic_task("add1")
     vecs = si.SteeringSet.from_tensors(tiny, {2: torch.randn(64) * 3})

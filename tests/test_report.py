@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import steerinterp as si
-from steerinterp.cli import main as cli_main
+from steerinterp.app.cli import main as cli_main
+from steerinterp.app.pipeline import ANALYSES, analyze_vectors, build_report, save_analysis
+from steerinterp.app.report import Section, render_report
 from steerinterp.errors import SteerInterpError
-from steerinterp.report import Section, render_report
-from steerinterp.run_analysis import ANALYSES, analyze_vectors, build_report, save_analysis
 from steerinterp.tasks import arithmetic_task
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -20,7 +20,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def run_dir(tiny, tmp_path_factory):
-    """A run directory as `steerinterp demo` leaves it, with analyses of random all-layer vectors on the tiny model."""
+    """A run directory as `steerinterp demo` of version 0.1 left it (vectors/, a run.json without a record format),
+    with analyses of random all-layer vectors on the tiny model: old runs stay readable."""
     g = torch.Generator().manual_seed(0)
     vecs = si.SteeringSet.from_tensors(tiny, {layer: torch.randn(tiny.cfg.d_model, generator=g)
                                               for layer in range(tiny.cfg.n_layers)})
@@ -31,7 +32,7 @@ def run_dir(tiny, tmp_path_factory):
     (run / "summary.txt").write_text("a summary line\n")
     (run / "run.json").write_text(json.dumps({"model": "tiny", "task_spec": "arithmetic:add1"}))
     analysis = analyze_vectors(tiny, vecs, arithmetic_task("add1"), quick=True)
-    save_analysis(analysis, run / "analysis")
+    save_analysis(analysis, run)
     (run / "report.html").write_text(build_report(run))
     return run, analysis
 
@@ -54,7 +55,7 @@ def test_report_is_self_contained(run_dir):
     assert page.count('<div class="figure"') == n_figures
     assert "<script src=" not in page and '<link ' not in page and "Plotly.newPlot" in page  # plotly.js inlined
     assert "cdn.plot.ly" not in page.split("</head>", 1)[1]
-    assert "a summary line" in page and "task_spec: arithmetic:add1" in page
+    assert "a summary line" in page and "task: arithmetic:add1" in page
     for title in ("Training", "Logit lens", "DiffSAE"):
         assert title in page
 
@@ -80,23 +81,34 @@ def test_cli_report_and_analyze(run_dir, tmp_path, capsys):
     assert cli_main(["analyze", str(copy), "--model", "tiny", "--quick", "--only", "logit_lens,attention"]) == 0
     assert set(json.loads((copy / "analysis" / "index.json").read_text())) == {"logit_lens", "attention"}
     assert cli_main(["analyze", str(tmp_path), "--model", "tiny"]) == 2
-    assert "no vectors/" in capsys.readouterr().err
+    assert "holds no run record" in capsys.readouterr().err
+    (copy / "vectors").rename(tmp_path / "elsewhere")
+    assert cli_main(["analyze", str(copy), "--model", "tiny"]) == 2
+    assert "no steering vectors" in capsys.readouterr().err
     assert cli_main(["report", str(tmp_path / "nothing")]) == 2
 
 
 def test_demo_writes_the_run_and_its_report(tiny, tmp_path):
-    from steerinterp.demo import run_demo, write_demo
+    from steerinterp.app.demo import run_demo, write_demo
 
-    result = run_demo(model=tiny, steps=1, samples=1, quick=True, analyses=["logit_lens", "first_token"])
-    paths = write_demo(result, tmp_path / "demo", model=tiny)
-    for name in ("vectors", "metrics.jsonl", "evaluation.csv", "summary.txt", "run.json", "analysis", "report.html"):
+    run = si.RunDir(tmp_path / "demo")
+    result = run_demo(model=tiny, steps=1, samples=1, quick=True, analyses=["logit_lens", "first_token"], run=run)
+    paths = write_demo(result, run, model=tiny)
+    for name in ("final", "checkpoint", "metrics.jsonl", "evaluation.csv", "summary.txt", "run.json", "analysis",
+                 "report.html"):
         assert (tmp_path / "demo" / name).exists(), name
+    record = run.record()
+    assert record.kind == "demo" and record.task == "arithmetic:add1" and record.model.name == "tiny"
     assert paths[-1] == tmp_path / "demo" / "report.html"
     assert "logit_lens:" in result.summary() and "first_token:" in result.summary()
     page = (tmp_path / "demo" / "report.html").read_text()
     assert page.count('<div class="figure"') == 2 + 1 + 1  # training, evaluation, one figure per analysis
     bare = run_demo(model=tiny, steps=1, samples=1, quick=True, analyses=())
     assert bare.analysis is None and "analyses:" not in bare.summary()
+    write_demo(bare, si.RunDir(tmp_path / "bare"), model=tiny)  # trained without a run directory
+    assert si.RunDir(tmp_path / "bare").record().model.name == "tiny"
+    with pytest.raises(SteerInterpError, match="already holds a run"):
+        run_demo(model=tiny, steps=1, samples=1, quick=True, analyses=(), run=run)
 
 
 def test_analyses_need_the_last_two_layers(tiny):

@@ -1,6 +1,6 @@
 import pytest
 
-from steerinterp.rewards import (
+from steerinterp.tasks.verifiers import (
     answers_match,
     boxed_reward,
     extract_boxed,

@@ -183,7 +183,7 @@ def test_save_load_roundtrip(tiny, tmp_path):
     assert loaded[3].positions.kind == "mask" and loaded[3].positions.mask.tolist() == [True, False, True]
     for a, b in zip(vecs, loaded):
         assert torch.equal(a.vector, b.vector)
-    from steerinterp.steering_io import read_metadata
+    from steerinterp.steering.io import read_metadata
 
     meta = read_metadata(tmp_path / "run")
     assert meta["model"]["d_model"] == 64 and meta["model"]["n_layers"] == 4 and meta["library_version"]

@@ -112,11 +112,11 @@ def test_checkpoints_from_before_problem_sampling_still_resume(tiny, tmp_path):
 
     task = FirstTokenTask(_good_set(tiny))
     Trainer(tiny, task, _cfg(steps=3), tmp_path / "old", progress=False).train(resume=False)
-    state = load_checkpoint(tmp_path / "old")
+    state = load_checkpoint(si.RunDir(tmp_path / "old").checkpoint_dir)
     for key in ("problem_sampling", "replay_fraction"):
         del state["config"][key]
     del state["accuracy"]
-    save_checkpoint(tmp_path / "old", state)
+    save_checkpoint(si.RunDir(tmp_path / "old").checkpoint_dir, state)
     resumed = Trainer(tiny, task, _cfg(steps=4), tmp_path / "old", progress=False).train(resume=True)
     assert len(resumed.metrics) == 4
     with pytest.raises(SteerInterpError, match="cannot resume: problem_sampling was 'epochs'"):
@@ -125,7 +125,7 @@ def test_checkpoints_from_before_problem_sampling_still_resume(tiny, tmp_path):
 
 
 def test_adaptive_parametrisation_starts_at_zero_effect_and_trains(tiny, tmp_path):
-    from steerinterp.adaptive import AdaptiveSteering
+    from steerinterp.steering.adaptive import AdaptiveSteering
 
     task = FirstTokenTask(_good_set(tiny))
     ad = AdaptiveSteering.init(tiny, [1, 3])
@@ -155,7 +155,7 @@ def test_full_fine_tuning_baseline_updates_named_weights(tmp_path):
     with pytest.raises(SteerInterpError, match="no parameter name contains"):
         Trainer(model, task, _cfg(parametrisation="full", full_params=["nope"]))
     # structurally-zero TransformerLens biases (b_Q, _b_K, _b_V, b_in, ...) are not "the model's weights"
-    from steerinterp.rl.trainer import select_full_params
+    from steerinterp.rl import select_full_params
 
     names = select_full_params(model, None)
     assert names and not [n for n in names if n.rsplit(".", 1)[-1].lstrip("_").startswith("b_")]

@@ -11,32 +11,25 @@ message, assistant header, generation); the table gives the mean |magnitude| per
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.adaptive import AdaptiveSteering
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
+from steerinterp.steering.adaptive import AdaptiveSteering
 from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--adaptive", default=str(HERE / "results" / "adaptive.safetensors"))
     ap.add_argument("--problems", type=int, default=16)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
 
-    model = si.load_model()
     ad = AdaptiveSteering.load(args.adaptive, model=model)
     task = arithmetic_task("add1")
     problems = list(task.test)[: args.problems]

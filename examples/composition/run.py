@@ -10,14 +10,12 @@ R_ij = (acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j)).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
@@ -25,19 +23,14 @@ ALL_LAYERS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--singles", nargs="+", default=sorted(str(p) for p in (HERE / "results" / "vectors").glob("layer*")),
                     help="directories of saved single-layer SteeringSets")
     ap.add_argument("--all-layers", default=str(ALL_LAYERS))
     ap.add_argument("--mode", default="greedy", choices=["greedy", "sampled"])
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
 
-    model = si.load_model()
     singles = {}
     for path in args.singles:
         s = si.SteeringSet.load(path, model=model)

@@ -18,43 +18,36 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-import torch
-
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
-from steerinterp.evaluate import evaluate
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
 VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(VECTORS))
     ap.add_argument("--tag", default="add1")
     ap.add_argument("--layers", default="5,10,15,20,25,29")
     ap.add_argument("--samples", type=int, default=8, help="completions per problem")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--expansion", type=int, default=4)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse-saes", action="store_true", help="load results/saes/layerN instead of training")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
     layers = [int(x) for x in args.layers.split(",")]
     summary = {"layers": layers}
 
-    model = si.load_model()
     vecs = si.SteeringSet.load(args.vectors, model=model)
     task = arithmetic_task("add1")
     problems = list(task.train) + list(task.test)

@@ -14,18 +14,17 @@ that layer's vector" would do nothing here). Variants on the held-out add1 probl
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
-from steerinterp.evaluate import evaluate
+from steerinterp.app.examples import example_parser, start_example
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
 VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
@@ -55,17 +54,13 @@ def feature_variants(model, task, vecs, dsae, *, attributed: int, incorrect: int
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--tag", default="add1")
     ap.add_argument("--layer", type=int, default=29)
     ap.add_argument("--multiplier", type=float, default=1.0)
     ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    model = si.load_model()
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
     vecs = si.SteeringSet.load(VECTORS, model=model)
     task = arithmetic_task("add1")
     dsae = S.load_diff_sae(out / "saes" / f"layer{args.layer}")

@@ -13,15 +13,13 @@ gain that recovers.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
@@ -34,18 +32,13 @@ def first_operand(problem) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(VECTOR))
     ap.add_argument("--problems", type=int, default=41, help="training problems to sample completions for")
     ap.add_argument("--samples", type=int, default=4, help="sampled evaluations (avg@k) for the prefix control")
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
 
-    model = si.load_model()
     vec = si.SteeringSet.load(args.vectors, model=model)
     task = arithmetic_task("add1")
     problems = list(task.train)[: args.problems]

@@ -8,14 +8,12 @@ PAPER_NOTES sections 4.3 and 4.2 (final-layer readout). Uses the all-layer vecto
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
@@ -23,18 +21,13 @@ VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(VECTORS))
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--problems", type=int, default=16)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
 
-    model = si.load_model()
     vecs = si.SteeringSet.load(args.vectors, model=model)
 
     stats = A.vector_stats(vecs)

@@ -13,35 +13,28 @@ route attribution of the logit change (direct path vs the last block's attention
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(HERE / "results" / "vector-layer28"))
     ap.add_argument("--problems", type=int, default=41, help="training problems to sample completions for")
     ap.add_argument("--samples", type=int, default=0, help="sampled evaluations per patch (greedy is always run)")
     ap.add_argument("--stages", default="tokens,attention,routes,accuracy",
                     help="comma-separated subset of tokens, attention, routes, accuracy")
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
 
-    model = si.load_model()
     vec = si.SteeringSet.load(args.vectors, model=model)
     task = arithmetic_task("add1")
     problems = list(task.train)[: args.problems]

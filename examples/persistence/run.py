@@ -10,14 +10,12 @@ layer's residual stream is measured on teacher-forced completions sampled from t
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
 HERE = Path(__file__).parent
@@ -25,18 +23,13 @@ VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(VECTORS))
     ap.add_argument("--tag", default="add1-all-layers")
     ap.add_argument("--problems", type=int, default=16)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
 
-    model = si.load_model()
     vecs = si.SteeringSet.load(args.vectors, model=model)
     task = arithmetic_task("add1")
     problems = list(task.test)[: args.problems]

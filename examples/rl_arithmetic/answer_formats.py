@@ -11,15 +11,14 @@ with the operands swapped, an order the policy never writes).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import steerinterp as si
-from steerinterp.evaluate import evaluate
+from steerinterp.app.examples import example_parser, start_example
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 
 def operands(problem) -> tuple[str, str]:
@@ -37,14 +36,10 @@ FORMATS = {
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, Path(__file__).parent)
     ap.add_argument("--vectors", default=str(Path(__file__).parent / "results" / "vectors" / "add1-seed0"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    model = si.load_model()
+    ex = start_example(ap)
+    args, model = ex.args, ex.model
     vecs = si.SteeringSet.load(args.vectors, model=model)
     held_out = {p.id for p in arithmetic_task("add1").test}  # the disjoint split's 40 test problems
     everything = list(arithmetic_task("add1", split="shared").train)  # all 81

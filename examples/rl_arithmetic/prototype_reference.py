@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 
 import steerinterp as si
-from steerinterp.evaluate import evaluate
-from steerinterp.gguf_loader import gguf_to_hf_checkpoint
+from steerinterp.models.gguf import gguf_to_hf_checkpoint
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 PROMPT = "What is {a} + {b}? Answer with just the number."
 

@@ -9,21 +9,19 @@ raises held-out accuracy. Writes per-seed metrics, the vectors, and a results ta
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-import torch
-
 import steerinterp as si
-from steerinterp.evaluate import evaluate
+from steerinterp.app.examples import example_parser, start_example
 from steerinterp.rl import TrainConfig, Trainer
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, Path(__file__).parent)
     ap.add_argument("--level", default="add1")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=40)
@@ -39,14 +37,10 @@ def main():
                     help="share of steps with linear LR warmup (default: TrainConfig's 0.03; 0 = the prototype's)")
     ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
     ap.add_argument("--eval-samples", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="runs/rl_arithmetic", help="training output (checkpoints, vectors)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="where the results table goes")
     ap.add_argument("--resume", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    model = si.load_model()
+    ex = start_example(ap)
+    args, model = ex.args, ex.model
     task = arithmetic_task(args.level, split=args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

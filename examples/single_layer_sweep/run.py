@@ -10,17 +10,14 @@ sampled at T=1). Like the papers (PAPER_NOTES 3.3), later layers get larger lear
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-import torch
-
 import steerinterp as si
-from steerinterp.evaluate import evaluate
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.rl import TrainConfig, Trainer
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
 ALL_LAYERS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
@@ -34,32 +31,28 @@ def lr_for(layer: int, n_layers: int) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--layers", default="0,5,10,14,20,25,28,29")
     ap.add_argument("--steps", type=int, default=12, help="RL steps for layers without a run in --runs")
     ap.add_argument("--runs", default="runs/single", help="where single-layer runs live (reused when finished)")
     ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    ex = start_example(ap)
+    args, out, model = ex.args, ex.out, ex.model
     (out / "vectors").mkdir(parents=True, exist_ok=True)
-    model = si.load_model()
     task = arithmetic_task("add1")
     layers = [int(x) for x in args.layers.split(",")]
 
     variants, runs = {"base": None}, []
     for layer in layers:
-        run = Path(args.runs) / f"layer{layer}"
-        if (run / "final").exists():
-            cfg = json.loads((run / "config.json").read_text())
+        run = si.RunDir(Path(args.runs) / f"layer{layer}")
+        if run.vectors_path() is not None:
+            cfg = run.record().config
             steps, lr = cfg["steps"], cfg["lr"]
         else:
             steps, lr = args.steps, lr_for(layer, model.cfg.n_layers)
             cfg = TrainConfig(steps=steps, layers=[layer], lr=lr)
-            Trainer(model, task, cfg, out_dir=run, progress=True).train(resume=(run / "checkpoint").exists())
-        vecs = si.SteeringSet.load(run / "final", model=model)
+            Trainer(model, task, cfg, out_dir=run, progress=True).train(resume=run.holds_run())
+        vecs = si.SteeringSet.load(run.vectors_path(), model=model)
         vecs.save(out / "vectors" / f"layer{layer}", model=model, info={"steps": steps, "lr": lr})
         variants[f"layer {layer}"] = vecs
         runs.append({"layer": layer, "steps": steps, "lr": lr, "norm": float(vecs[layer].vector.norm())})

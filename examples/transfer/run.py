@@ -12,7 +12,6 @@ the two models' residual streams (fitted on paired activations) is compared with
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -20,29 +19,24 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.evaluate import evaluate
-from steerinterp.figures import write_figure
+from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.figures import write_figure
 from steerinterp.models import load_finetuned
 from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
 BASE_VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = example_parser(__doc__, HERE)
     ap.add_argument("--finetuned", default="runs/rl_arithmetic/add1-full-seed0/final")
     ap.add_argument("--base-vectors", default=str(BASE_VECTORS))
     ap.add_argument("--finetuned-vectors", default=str(HERE / "results" / "vectors-finetuned"))
     ap.add_argument("--mode", default="greedy", choices=["greedy", "sampled"])
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    base = si.load_model()
+    ex = start_example(ap)
+    args, out, base = ex.args, ex.out, ex.model
     tuned = load_finetuned(args.finetuned)
     models = {"base": base, "full-FT": tuned}
     vectors = {"base": si.SteeringSet.load(args.base_vectors, model=base),

@@ -17,6 +17,7 @@ from steerinterp.analysis.batch import as_batch, steering_context, token_strings
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.segments import boundaries, token_segments
 from steerinterp.errors import SteerInterpError
+from steerinterp.steering import AdaptiveSteering
 
 
 @dataclass
@@ -82,7 +83,7 @@ def adaptive_magnitudes(model, inputs, adaptive, *, batch_size: int = 8) -> Adap
     """Per-token magnitudes of an ``AdaptiveSteering`` on teacher-forced sequences."""
     import pandas as pd
 
-    if not hasattr(adaptive, "magnitude") or not hasattr(adaptive, "b"):
+    if not isinstance(adaptive, AdaptiveSteering):
         raise SteerInterpError("adaptive_magnitudes needs an AdaptiveSteering (rank-1, token-wise)")
     batch = as_batch(inputs)
     layers = adaptive.layers

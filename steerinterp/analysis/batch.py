@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Int
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.generation import _as_set, encode_prompts
-from steerinterp.types import HookedModel
+from steerinterp.generation.decode import encode_prompts
+from steerinterp.steering.protocol import as_steering
+from steerinterp.types import HookedModel, model_device, pad_token_id
 
 
 @dataclass
@@ -73,13 +75,22 @@ class Batch:
         return Batch(*(t.to(device) for t in (self.tokens, self.attention_mask, self.prompt_mask, self.completion_mask)))
 
 
+@runtime_checkable
+class TokenBatch(Protocol):
+    """Anything with a batch's tokens and masks (``Batch``, ``GenerationOutput``)."""
+
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_mask: torch.Tensor
+
+
 def as_batch(inputs) -> Batch:
     """A ``Batch`` from a ``Batch`` or a ``GenerationOutput`` (its tokens and masks)."""
     if isinstance(inputs, Batch):
         return inputs
-    fields = ("tokens", "attention_mask", "prompt_mask", "completion_mask")
-    if all(hasattr(inputs, f) for f in fields):
-        return Batch(*(getattr(inputs, f) for f in fields))
+    if isinstance(inputs, TokenBatch):
+        return Batch(inputs.tokens, inputs.attention_mask, inputs.prompt_mask, inputs.completion_mask)
     raise SteerInterpError(
         f"expected a Batch or a GenerationOutput, got {type(inputs).__name__}; "
         "build one with steerinterp.analysis.teacher_forcing_batch(model, prompts, completions)"
@@ -101,7 +112,7 @@ def teacher_forcing_batch(model: HookedModel, prompts: Sequence[str], completion
         raise SteerInterpError("an empty completion has no tokens to analyse; drop it or give at least one token")
     p_len = max(len(p) for p in p_ids)
     width = p_len + max(len(c) for c in c_ids)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(model.tokenizer)
     n = len(prompts)
     tokens = torch.full((n, width), pad, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
@@ -113,13 +124,13 @@ def teacher_forcing_batch(model: HookedModel, prompts: Sequence[str], completion
         attn[r, p_len - len(p) : p_len + len(c)] = 1
         pmask[r, p_len - len(p) : p_len] = True
         cmask[r, p_len : p_len + len(c)] = True
-    device = next(model.parameters()).device
+    device = model_device(model)
     return Batch(tokens, attn, pmask, cmask).to(device)
 
 
 def steering_context(model: HookedModel, steering, batch: Batch):
     """``steering.applied(...)`` with the batch's masks, or a no-op for ``None``."""
-    vecs = _as_set(steering)
+    vecs = as_steering(steering)
     if vecs is None or not len(vecs):
         return contextlib.nullcontext()
     return vecs.applied(model, prompt_mask=batch.prompt_mask, attention_mask=batch.attention_mask)

@@ -30,8 +30,8 @@ from steerinterp.analysis.readout import final_logprobs
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.tokens import token_ids
 from steerinterp.errors import SteerInterpError
-from steerinterp.generation import _as_set
-from steerinterp.steering import add_hooks
+from steerinterp.steering.protocol import as_steering
+from steerinterp.steering.vectors import add_hooks
 
 PATHS = ("both", "mlp", "resid")
 
@@ -174,7 +174,7 @@ SOURCE_KEYS = ("z", "q", "k", "v", "attn_out", "mlp_out")
 
 def check_layer(model, steering, layer: int | None) -> int:
     """The patched block: default, the block after the last steered layer (must not be steered itself)."""
-    vecs = _as_set(steering)
+    vecs = as_steering(steering)
     if vecs is None or not len(vecs):
         raise SteerInterpError("block patching needs steering vectors")
     layers = [v for v in vecs.layers if v is not None]

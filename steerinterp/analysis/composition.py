@@ -20,7 +20,7 @@ import torch
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.vectors import single_layer_sets
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import SteeringSet, SteeringVector
+from steerinterp.steering.vectors import SteeringSet, SteeringVector
 
 
 def combine(*sets, scales: Sequence[float] | None = None) -> SteeringSet:
@@ -119,7 +119,7 @@ def compose_pairs(
     """
     from tqdm.auto import tqdm
 
-    from steerinterp.evaluate import evaluate
+    from steerinterp.tasks.evaluation import evaluate
 
     if mode not in ("greedy", "sampled"):
         raise SteerInterpError(f"mode={mode!r}; choose 'greedy' or 'sampled'")

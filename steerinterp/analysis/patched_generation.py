@@ -17,11 +17,12 @@ import torch
 from steerinterp.analysis.block_patching import SOURCE_KEYS, Patch, PatchHooks, block_hook, check_layer, patch_figure
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import add_hooks
+from steerinterp.steering.vectors import add_hooks
+from steerinterp.types import model_device
 
 
 class PatchedEngine:
-    """A rollout engine (see ``steerinterp.rollout``) that applies one ``Patch`` at block ``layer``."""
+    """A rollout engine (the ``steerinterp.generation.Engine`` protocol) that applies one ``Patch`` at block ``layer``."""
 
     name = "patched"
 
@@ -50,12 +51,12 @@ class PatchedEngine:
     def start(self, batch: int):
         from transformer_lens import TransformerLensKeyValueCache
 
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         self.caches = {k: TransformerLensKeyValueCache.init_cache(self.model.cfg, device, batch)
                        for k in ("base", "steered", "patched")}
 
     def expand(self, index: torch.Tensor) -> None:
-        from steerinterp.rollout import expand_tl_cache
+        from steerinterp.generation.engines import expand_tl_cache
 
         for cache in self.caches.values():
             expand_tl_cache(cache, index)
@@ -113,7 +114,7 @@ def patched_accuracy(model, task, steering, patches: Sequence[Patch], *, layer: 
     """Held-out accuracy of the steered model under each patch (graded by the task's verifier)."""
     from tqdm.auto import tqdm
 
-    from steerinterp.evaluate import EvalResult, evaluate
+    from steerinterp.tasks.evaluation import EvalResult, evaluate
 
     layer = check_layer(model, steering, layer)
     result = EvalResult(task.name)

@@ -27,7 +27,7 @@ import torch
 from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_context
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import add_hooks
+from steerinterp.steering.vectors import add_hooks
 
 SENDERS = ("z", "mlp", "resid")
 RECEIVERS = ("q", "k", "v", "mlp_in", "logits")

@@ -73,7 +73,7 @@ def prefix_control(model, task, steering, *, prefix: str | Callable = "To", labe
     operand, when the vector's first token depends on the problem). ``p_first_*`` is the mean
     probability of the prefix's first token as the first generated token.
     """
-    from steerinterp.evaluate import evaluate
+    from steerinterp.tasks.evaluation import evaluate
 
     problems = list(task.test if problems is None else problems)
     texts = [prefix(p) if callable(prefix) else prefix for p in problems]

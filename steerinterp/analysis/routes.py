@@ -87,7 +87,8 @@ def route_attribution(model, inputs, steering, tokens: Sequence[str | int], *, p
     comps = ["direct"] + [f"{k} {x}" for x in range(first + 1, n_layers) for k in ("attn", "mlp")] + ["norm"]
     names = [f"blocks.{x}.hook_{k}_out" for x in range(first + 1, n_layers) for k in ("attn", "mlp")]
     final = f"blocks.{n_layers - 1}.hook_resid_post"
-    gamma = model.ln_final.w.detach().double() if hasattr(model.ln_final, "w") else None
+    w_final = getattr(model.ln_final, "w", None)
+    gamma = w_final.detach().double() if w_final is not None else None
     if gamma is None:
         raise SteerInterpError("route attribution reads the raw final norm; load the model with processed=False")
     w = model.W_U.detach().double()[:, list(ids.values())] * gamma[:, None]  # [d, n_tokens]

@@ -23,7 +23,8 @@ from steerinterp.analysis.batch import Batch, as_batch, run_cached
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.vectors import as_vector_dict
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import DEFAULT_HOOK, SteeringSet, SteeringVector, _vector_dtype
+from steerinterp.steering.vectors import DEFAULT_HOOK, SteeringSet, SteeringVector, vector_dtype
+from steerinterp.types import model_device, pad_token_id
 
 UNSTEERED = "unsteered"
 
@@ -48,7 +49,7 @@ def transfer_vectors(vectors, recipient, *, layer_map: Mapping[int, int] | None 
         if t.shape[0] != recipient.cfg.d_model:
             raise SteerInterpError(f"the donor's vectors have width {t.shape[0]} but the recipient's d_model is "
                                    f"{recipient.cfg.d_model}; fit a map with fit_residual_map(donor, recipient, texts)")
-        t = t.to(device=next(recipient.parameters()).device, dtype=_vector_dtype(recipient)).clone()
+        t = t.to(device=model_device(recipient), dtype=vector_dtype(recipient)).clone()
         if isinstance(v, SteeringVector):
             out.append(SteeringVector(t, f"blocks.{target}.{v.hook_name.split('.', 2)[2]}", v.scale, v.positions))
         else:
@@ -107,7 +108,7 @@ def transfer_grid(models: Mapping[str, object], vectors: Mapping[str, object], t
     """Accuracy of every donor's vectors (``vectors[name]``) on every recipient (``models[name]``)."""
     import pandas as pd
 
-    from steerinterp.evaluate import evaluate
+    from steerinterp.tasks.evaluation import evaluate
 
     if mode not in ("greedy", "sampled"):
         raise SteerInterpError(f"mode={mode!r}; choose 'greedy' or 'sampled'")
@@ -204,7 +205,7 @@ def fit_residual_map(source, target, inputs, *, pairs: Mapping[int, int] | None 
         chunk = batch.rows(slice(start, start + batch_size))
         real = chunk.attention_mask.bool()
         _, cs = run_cached(source, chunk, None, [f"blocks.{s}.hook_resid_post" for s in pairs])
-        _, ct = run_cached(target, chunk.to(next(target.parameters()).device), None,
+        _, ct = run_cached(target, chunk.to(model_device(target)), None,
                            sorted({f"blocks.{t}.hook_resid_post" for t in pairs.values()}))
         for s, t in pairs.items():
             xs[s].append(cs[f"blocks.{s}.hook_resid_post"][real].double().cpu())
@@ -220,8 +221,8 @@ def fit_residual_map(source, target, inputs, *, pairs: Mapping[int, int] | None 
 
 def _text_batch(model, texts: Sequence[str]):
     """A batch of plain texts (all prompt, no completion)."""
-    from steerinterp.generation import encode_prompts, left_pad
+    from steerinterp.generation.decode import encode_prompts, left_pad
 
     ids, _ = encode_prompts(model, list(texts))
-    tokens, mask = left_pad(ids, model.tokenizer.pad_token_id or 0, next(model.parameters()).device)
+    tokens, mask = left_pad(ids, pad_token_id(model.tokenizer), model_device(model))
     return Batch(tokens, mask, mask.bool(), torch.zeros_like(mask, dtype=torch.bool))

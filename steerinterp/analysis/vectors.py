@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering import SteeringSet, SteeringVector
+from steerinterp.steering.vectors import SteeringSet, SteeringVector
 
 
 def as_vector_dict(vectors) -> dict[int, torch.Tensor]:

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steerinterp._cache import atomic_dir
+from steerinterp._files import atomic_dir
 from steerinterp.errors import SteerInterpError
 
-CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 
 
@@ -30,15 +29,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out_dir: Path, state: dict) -> Path:
-    target = Path(out_dir) / CHECKPOINT_DIR
+def save_checkpoint(directory: Path, state: dict) -> Path:
+    """Write ``state`` as the checkpoint directory ``directory`` (``RunDir.checkpoint_dir``)."""
+    target = Path(directory)
     with atomic_dir(target) as tmp:
         torch.save(state, tmp / STATE_FILE)
     return target
 
 
-def load_checkpoint(out_dir: Path) -> dict | None:
-    path = Path(out_dir) / CHECKPOINT_DIR / STATE_FILE
+def load_checkpoint(directory: Path) -> dict | None:
+    """The state saved in the checkpoint directory ``directory``, or None when there is none."""
+    path = Path(directory) / STATE_FILE
     if not path.is_file():
         return None
     try:

@@ -26,9 +26,10 @@ PROBLEM_SAMPLING = ("epochs", "learnability")
 class ProblemSampler:
     def __init__(self, n_problems: int, seed: int, mode: str = "epochs", replay_fraction: float = 0.5):
         if mode not in PROBLEM_SAMPLING:
-            raise SteerInterpError(f"problem_sampling={mode!r}; use one of {', '.join(PROBLEM_SAMPLING)}")
+            raise SteerInterpError(f"problem_sampling={mode!r}; use one of {', '.join(PROBLEM_SAMPLING)}",
+                                   setting="problem_sampling")
         if not 0 <= replay_fraction <= 1:
-            raise SteerInterpError(f"replay_fraction must be in [0, 1], got {replay_fraction}")
+            raise SteerInterpError(f"replay_fraction must be in [0, 1], got {replay_fraction}", setting="replay_fraction")
         self.n, self.seed, self.mode, self.replay_fraction = n_problems, seed, mode, replay_fraction
         self.epoch, self.position = 0, 0
         self.accuracy: dict[int, float] = {}  # problem index -> fraction correct in its last group

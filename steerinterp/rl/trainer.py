@@ -14,10 +14,8 @@ and metrics, written atomically. A run interrupted and resumed ends with the sam
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,57 +23,68 @@ import torch
 from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.generation import generate, teacher_forced_logprobs
-from steerinterp.rl.advantages import compute_advantages
+from steerinterp.generation.decode import generate, teacher_forced_logprobs
+from steerinterp.rl.advantages import ADVANTAGES, compute_advantages
 from steerinterp.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from steerinterp.rl.distributed import DistInfo, all_gather_list, all_reduce_sum, barrier, init_from_env
 from steerinterp.rl.loss import reinforce_loss
-from steerinterp.rl.problem_sampler import ProblemSampler
-from steerinterp.steering import SteeringSet
+from steerinterp.rl.parametrisations import PARAMETRISATIONS, get_parametrisation
+from steerinterp.rl.problem_sampler import PROBLEM_SAMPLING, ProblemSampler
+from steerinterp.run_dir import RunDir, RunRecord
 from steerinterp.tasks.base import Task
+from steerinterp.types import model_device, model_spec
 
-PARAMETRISATIONS = ("vector", "adaptive", "full")
+
+def _opt(default, help: str, **extra):
+    """A config field with the help text (and choices) its command-line flag shows."""
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters. Defaults: the embedded-model recipe that reproduces the papers' effect on CPU
-    (the papers themselves: lr 1e-3 all-layer on 7B models, G=16, 128 prompts/step)."""
+    (the papers themselves: lr 1e-3 all-layer on 7B models, G=16, 128 prompts/step).
 
-    steps: int = 40
-    layers: str | list[int] = "all"
-    parametrisation: str = "vector"  # vector | adaptive | full (fine-tune the model's weights)
-    full_params: list[str] | None = None  # for "full": substrings of parameter names (None = all)
-    lr: float = 3e-3
-    group_size: int = 8
-    prompts_per_step: int = 8
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    advantage: str = "rloo"
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 2.0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 0
-    checkpoint_every: int = 1
-    micro_batch: int = 64  # sequences per forward/backward in the gradient pass (a multiple of group_size)
-    engine: str = "auto"
-    problem_sampling: str = "epochs"  # epochs (the papers') | learnability (replay problems with mixed rewards)
-    replay_fraction: float = 0.5  # for "learnability": the share of each step's prompts that is replayed
+    Each field's ``metadata["help"]`` is its documentation; ``steerinterp train`` builds one flag per field
+    from it (``--group-size`` for ``group_size``), so the defaults live here only."""
+
+    steps: int = _opt(40, "RL steps (optimizer updates)")
+    layers: str | list[int] = _opt("all", "layers that get a vector: all | 12 | 3,7")
+    parametrisation: str = _opt("vector", "what is trained: vector (the papers'), adaptive (rank-1 token-wise) or "
+                                          "full (the model's weights)", choices=lambda: list(PARAMETRISATIONS))
+    full_params: list[str] | None = _opt(None, "for parametrisation full: parameter-name parts to train "
+                                                "(comma-separated; default all)")
+    lr: float = _opt(3e-3, "AdamW learning rate")
+    group_size: int = _opt(8, "samples per prompt (G); RLOO needs >= 2")
+    prompts_per_step: int = _opt(8, "prompts per step")
+    max_new_tokens: int = _opt(32, "tokens sampled per completion")
+    temperature: float = _opt(1.0, "sampling temperature (> 0; the papers' 1)")
+    top_p: float = _opt(1.0, "nucleus sampling threshold (1 = off)")
+    advantage: str = _opt("rloo", "group advantage", choices=lambda: list(ADVANTAGES))
+    warmup_ratio: float = _opt(0.03, "share of steps with linear learning-rate warmup (the papers' 3%; 0 = none)")
+    max_grad_norm: float = _opt(2.0, "gradient-norm clip")
+    weight_decay: float = _opt(0.0, "AdamW decoupled weight decay")
+    betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
+    seed: int = _opt(0, "seed of sampling, data order and initialisation")
+    checkpoint_every: int = _opt(1, "write a checkpoint every N steps (with an output directory)")
+    micro_batch: int = _opt(64, "sequences per forward/backward in the gradient pass")
+    engine: str = _opt("auto", "rollout engine: auto, hooked, hf or bridge", choices=lambda: ["auto", "hooked", "hf", "bridge"])
+    problem_sampling: str = _opt("epochs", "epochs (the papers') or learnability (replay problems whose last group "
+                                           "had mixed rewards)", choices=lambda: list(PROBLEM_SAMPLING))
+    replay_fraction: float = _opt(0.5, "for learnability: the share of each step's prompts that is replayed")
 
     def validate(self) -> None:
-        if self.parametrisation not in PARAMETRISATIONS:
-            raise SteerInterpError(f"parametrisation={self.parametrisation!r}; use one of {', '.join(PARAMETRISATIONS)}")
+        get_parametrisation(self.parametrisation)
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "checkpoint_every", "micro_batch"):
             if getattr(self, name) < 1:
-                raise SteerInterpError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SteerInterpError(f"{name} must be >= 1, got {getattr(self, name)}", setting=name)
         if self.group_size < 2:
-            raise SteerInterpError("group_size must be >= 2: RLOO needs other samples of the same prompt")
+            raise SteerInterpError("group_size must be >= 2: RLOO needs other samples of the same prompt",
+                                   setting="group_size")
         if not self.lr > 0:
-            raise SteerInterpError(f"lr must be > 0, got {self.lr}")
+            raise SteerInterpError(f"lr must be > 0, got {self.lr}", setting="lr")
         if not 0 <= self.warmup_ratio < 1:
-            raise SteerInterpError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise SteerInterpError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}", setting="warmup_ratio")
         ProblemSampler(1, self.seed, self.problem_sampling, self.replay_fraction)  # checks both settings
 
     def to_dict(self) -> dict:
@@ -90,9 +99,13 @@ _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "micro_batch", "engine"}
 
 @dataclass
 class TrainResult:
+    """What training returns: the steering it trained (None for full fine-tuning), per-step metrics, and
+    ``trained``, the object the parametrisation trained (the steering, or ``FullWeights``)."""
+
     steering: object | None  # SteeringSet / AdaptiveSteering (None for full fine-tuning)
     metrics: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
+    trained: object | None = None
 
     def to_frame(self):
         import pandas as pd
@@ -122,55 +135,32 @@ def sample_seed(seed: int, step: int, slot: int, sample: int) -> int:
     return x % (2**63 - 1)
 
 
-def select_full_params(model, patterns: Sequence[str] | None) -> dict[str, torch.nn.Parameter]:
-    """Parameters whose names contain one of ``patterns`` (all when None).
-
-    TransformerLens gives Llama-style blocks bias parameters (``b_Q``, ``b_in``, ...) that are
-    structurally zero and absent from the original model; they are left out unless named in full.
-    """
-    named = {
-        n: p
-        for n, p in model.named_parameters()
-        if not (n.rsplit(".", 1)[-1].lstrip("_").startswith("b_") and not p.detach().any() and n not in (patterns or ()))
-    }
-    if not patterns:
-        return named
-    chosen = {n: p for n, p in named.items() if any(pat in n for pat in patterns)}
-    if not chosen:
-        raise SteerInterpError(f"no parameter name contains any of {list(patterns)}; e.g. 'blocks.29.mlp', 'W_U'")
-    return chosen
-
-
 class Trainer:
-    """Train steering on a task. ``Trainer(model, task, TrainConfig(...), out_dir).train()``."""
+    """Train a steering object (or the model's weights) on a task with RLOO.
 
-    def __init__(self, model, task: Task, config: TrainConfig | None = None, out_dir=None, *,
+    ``Trainer(model, task, TrainConfig(...), out_dir, steering=vecs).train()`` trains ``vecs`` in place and
+    returns it in the result; without ``steering`` the config's parametrisation builds its default (zero
+    vectors at ``config.layers`` for ``"vector"``). ``out_dir`` (a path or a ``RunDir``) gets the run's
+    record, metrics, checkpoints and final result.
+    """
+
+    def __init__(self, model, task: Task, config: TrainConfig | None = None, out_dir=None, *, steering=None,
                  progress: bool = True, dist: DistInfo | None = None):
         self.model, self.task = model, task
-        self.config = config or TrainConfig()
+        self.config = cfg = config or TrainConfig()
         self.config.validate()
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run = out_dir if isinstance(out_dir, RunDir) or out_dir is None else RunDir(out_dir)
         self.progress = progress
-        self.dist = dist or init_from_env(next(model.parameters()).device)
-        if self.config.prompts_per_step % self.dist.world_size:
+        self.dist = dist or init_from_env(model_device(model))
+        if cfg.prompts_per_step % self.dist.world_size:
             raise SteerInterpError(
-                f"prompts_per_step={self.config.prompts_per_step} must divide evenly over {self.dist.world_size} processes"
+                f"prompts_per_step={cfg.prompts_per_step} must divide evenly over {self.dist.world_size} processes"
             )
-        cfg = self.config
-        self.steering = None
-        if cfg.parametrisation == "vector":
-            self.steering = SteeringSet.zeros(model, cfg.layers)
-            self.params = {v.hook_name: v.vector for v in self.steering}
-        elif cfg.parametrisation == "adaptive":
-            from steerinterp.adaptive import AdaptiveSteering
-
-            self.steering = AdaptiveSteering.init(model, cfg.layers, seed=cfg.seed)
-            self.params = self.steering.named_tensors()
-        else:
-            self.params = select_full_params(model, cfg.full_params)
-            model.requires_grad_(False)
-            for p in self.params.values():
-                p.requires_grad_(True)
+        self.parametrisation = get_parametrisation(cfg.parametrisation)
+        self.trained = self.parametrisation.default(model, cfg) if steering is None else steering
+        self.parametrisation.check(model, self.trained)
+        self.steering = self.parametrisation.steering(self.trained)
+        self.params = self.parametrisation.tensors(self.trained)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, betas=cfg.betas,
                                            weight_decay=cfg.weight_decay)
         warmup = math.ceil(cfg.steps * cfg.warmup_ratio)
@@ -181,6 +171,10 @@ class Trainer:
         self.step_index = 0
         self.sampler = ProblemSampler(len(task.train), cfg.seed, cfg.problem_sampling, cfg.replay_fraction)
         self.metrics: list[dict] = []
+
+    @property
+    def out_dir(self) -> Path | None:
+        return self.run.path if self.run is not None else None
 
     # ---- one step ---------------------------------------------------------------------------------------
     def step(self) -> dict:
@@ -214,7 +208,7 @@ class Trainer:
             sl = slice(s, s + cfg.micro_batch)
             lp = teacher_forced_logprobs(model, out.tokens[sl], out.completion_mask[sl], self.steering,
                                          attention_mask=out.attention_mask[sl], prompt_mask=out.prompt_mask[sl],
-                                         temperature=cfg.temperature, train_weights=cfg.parametrisation == "full",
+                                         temperature=cfg.temperature, train_weights=self.parametrisation.trains_weights,
                                          prompt_length=out.prompt_length)
             loss = reinforce_loss(lp, out.completion_mask[sl], adv[sl].to(device), n_tokens=n_tok)
             loss.backward()
@@ -256,18 +250,9 @@ class Trainer:
             "engine": out.engine,
             "example": out.texts[0][:200],
         }
-        m.update(self._param_stats())
+        m.update(self.parametrisation.stats(self.trained))
         self.step_index += 1
         return m
-
-    def _param_stats(self) -> dict:
-        if self.config.parametrisation == "vector":
-            norms = [float(v.vector.detach().norm()) for v in self.steering]
-            return {"vector_norm_mean": sum(norms) / len(norms), "vector_norm_max": max(norms), "vector_norms": norms}
-        if self.config.parametrisation == "adaptive":
-            return {"b_norms": [float(self.steering.b[k].detach().norm()) for k in self.steering.layers]}
-        with torch.no_grad():
-            return {"param_norm": float(torch.sqrt(sum((p.float() ** 2).sum() for p in self.params.values())))}
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -289,9 +274,13 @@ class Trainer:
         changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
         if changed:
             k = changed[0]
-            raise SteerInterpError(f"cannot resume: {k} was {saved.get(k, defaults[k])!r} in the checkpoint, now {now[k]!r}")
+            raise SteerInterpError(f"cannot resume: {k} was {saved.get(k, defaults[k])!r} in the checkpoint, now {now[k]!r}",
+                                   setting=k)
         if state["task"] != self.task.name:
             raise SteerInterpError(f"cannot resume: the checkpoint trained on {state['task']!r}, not {self.task.name!r}")
+        if set(state["params"]) != set(self.params):
+            raise SteerInterpError(f"cannot resume: the checkpoint trained {sorted(state['params'])[:3]}..., this trainer "
+                                   f"trains {sorted(self.params)[:3]}...; give the same steering object")
         with torch.no_grad():
             for k, p in self.params.items():
                 p.copy_(state["params"][k].to(p.device))
@@ -302,68 +291,69 @@ class Trainer:
         self.sampler.load_state_dict(state)
         self.metrics = list(state["metrics"])
 
-    def _write_metrics(self, rewrite: bool = False) -> None:
-        if self.out_dir is None or not self.dist.is_main:
-            return
-        path = self.out_dir / "metrics.jsonl"
-        if rewrite:
-            path.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
-        else:
-            with open(path, "a") as f:
-                f.write(json.dumps(self.metrics[-1]) + "\n")
-
     # ---- the loop ---------------------------------------------------------------------------------------
-    def train(self, resume: bool = False, *, stop_after: int | None = None) -> TrainResult:
-        """Run until ``config.steps`` (or ``stop_after`` more steps); resume from ``out_dir`` if asked."""
+    def train(self, resume: bool = False, *, stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
+        """Run until ``config.steps`` (or ``stop_after`` more steps).
+
+        With an output directory: ``resume=True`` continues from its checkpoint (and refuses a directory
+        that holds a run but no checkpoint, rather than start over); without it, a directory that holds a
+        run is refused unless ``overwrite=True``, which deletes that run first.
+        """
         cfg = self.config
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if resume:
-                state = load_checkpoint(self.out_dir)
-                if state is not None:
-                    self.load_state(state)
-            elif (self.out_dir / "checkpoint").exists():
-                raise SteerInterpError(f"{self.out_dir} already holds a run; pass resume=True (--resume) or a new directory")
-            if self.dist.is_main:
-                (self.out_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "task": self.task.name}, indent=2))
-                self._write_metrics(rewrite=True)
+        if self.run is not None and self.dist.is_main:
+            self._open_run(resume, overwrite)
+        barrier(self.dist)
+        if self.run is not None and not self.dist.is_main and resume:
+            state = load_checkpoint(self.run.checkpoint_dir)
+            if state is not None:
+                self.load_state(state)
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step_index + stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step_index, desc="train", disable=not (self.progress and self.dist.is_main))
         while self.step_index < end:
             m = self.step()
             self.metrics.append(m)
-            self._write_metrics()
+            if self.run is not None and self.dist.is_main:
+                self.run.append_metrics(m)
             bar.update(1)
             bar.set_postfix(acc=f"{m['accuracy']:.2f}", len=f"{m['completion_len']:.1f}",
                             s=f"{m['seconds_sampling']:.0f}+{m['seconds_gradient']:.0f}")
-            if self.out_dir is not None and (self.step_index % cfg.checkpoint_every == 0 or self.step_index == cfg.steps):
+            if self.run is not None and (self.step_index % cfg.checkpoint_every == 0 or self.step_index == cfg.steps):
                 if self.dist.is_main:
-                    save_checkpoint(self.out_dir, self.state())
+                    save_checkpoint(self.run.checkpoint_dir, self.state())
                 barrier(self.dist)
         bar.close()
-        if self.out_dir is not None and self.step_index >= cfg.steps and self.dist.is_main:
+        if self.run is not None and self.step_index >= cfg.steps and self.dist.is_main:
             self._save_final()
-        return TrainResult(self.steering, list(self.metrics), self.out_dir)
+        return TrainResult(self.steering, list(self.metrics), self.out_dir, trained=self.trained)
+
+    def _open_run(self, resume: bool, overwrite: bool) -> None:
+        run = self.run
+        if resume:
+            state = load_checkpoint(run.checkpoint_dir)
+            if state is not None:
+                self.load_state(state)
+            elif run.holds_run():
+                raise SteerInterpError(f"{run.path} holds a run but no checkpoint to resume from; "
+                                       "start a new run elsewhere or overwrite it", setting="overwrite")
+        elif run.holds_run():
+            if not overwrite:
+                raise SteerInterpError(f"{run.path} already holds a run; resume it, overwrite it, or choose a new "
+                                       "directory", setting="resume")
+            run.clear()
+        run.write_record(RunRecord(
+            kind="train", model=model_spec(self.model), task=self.task.spec, task_name=self.task.name,
+            verifier=self.task.verifier, seed=self.config.seed,
+            config={**self.config.to_dict(), "trained": sorted(self.params)}))
+        run.write_metrics(self.metrics)
 
     def _save_final(self) -> None:
-        final = self.out_dir / "final"
+        final = self.run.final_dir
         final.mkdir(parents=True, exist_ok=True)
         info = {"task": self.task.name, "steps": self.step_index, "config": self.config.to_dict()}
-        if self.config.parametrisation == "vector":
-            self.steering.save(final, model=self.model, info=info)
-        elif self.config.parametrisation == "adaptive":
-            self.steering.save(final / "adaptive.safetensors")
-        else:
-            from safetensors.torch import save
-
-            from steerinterp._cache import atomic_write_bytes
-
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.params.items()}
-            atomic_write_bytes(final / "weights.safetensors", save(tensors, metadata={"format": "steerinterp.full/1"}))
-        (final / "train_info.json").write_text(json.dumps(info, indent=2))
+        self.parametrisation.save_final(self.trained, self.model, final, info)
 
 
-def train(model, task: Task, config: TrainConfig | None = None, out_dir=None, *, resume: bool = False,
+def train(model, task: Task, config: TrainConfig | None = None, out_dir=None, *, steering=None, resume: bool = False,
           progress: bool = True) -> TrainResult:
-    """Convenience wrapper: ``Trainer(model, task, config, out_dir).train(resume)``."""
-    return Trainer(model, task, config, out_dir, progress=progress).train(resume=resume)
+    """Convenience wrapper: ``Trainer(model, task, config, out_dir, steering=steering).train(resume)``."""
+    return Trainer(model, task, config, out_dir, steering=steering, progress=progress).train(resume=resume)

@@ -31,9 +31,10 @@ from steerinterp.sae.features import (
     frequencies_by_layer,
     top_contexts,
 )
+from steerinterp.sae.model import DiffSAE, SAEQuality, load_diff_sae, sae_hook_name, sae_quality
 from steerinterp.sae.steer import feature_vector
 from steerinterp.sae.store import DiffActivationStore, ShardedDiffs, activation_batches, write_difference_store
-from steerinterp.sae.train import DiffSAE, SAEQuality, load_diff_sae, sae_quality, train_diff_sae
+from steerinterp.sae.train import train_diff_sae
 
 __all__ = [
     "sample_labelled", "label_generations", "LabelledGenerations",
@@ -42,5 +43,5 @@ __all__ = [
     "train_diff_sae", "DiffSAE", "load_diff_sae", "sae_quality", "SAEQuality",
     "feature_frequencies", "FeatureFrequencyResult", "frequencies_by_layer", "FrequencyByLayer",
     "top_contexts", "TopContextsResult", "decoder_logit_lens",
-    "sae_feature_attribution", "FeatureAttributionResult", "feature_vector",
+    "sae_feature_attribution", "FeatureAttributionResult", "feature_vector", "sae_hook_name",
 ]

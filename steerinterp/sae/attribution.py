@@ -27,8 +27,8 @@ from jaxtyping import Float
 from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_context
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
-from steerinterp.sae.train import DiffSAE, as_sae_lens
-from steerinterp.steering import add_hooks
+from steerinterp.sae.model import DiffSAE, as_sae_lens, sae_hook_name
+from steerinterp.steering.vectors import add_hooks
 from steerinterp.types import HookedModel
 
 
@@ -83,13 +83,6 @@ class FeatureAttributionResult(AnalysisResult):
         return fig
 
 
-def _hook_name(sae, hook_name: str | None) -> str:
-    name = hook_name or getattr(sae, "hook_name", None) or getattr(as_sae_lens(sae).cfg.metadata, "hook_name", None)
-    if not name:
-        raise SteerInterpError("the SAE does not say which hook it reads; pass hook_name='blocks.L.hook_resid_post'")
-    return name
-
-
 def sae_feature_attribution(model: HookedModel, inputs, sae, metric: Callable[[torch.Tensor, Batch], torch.Tensor], *,
                             steering=None, difference: bool | None = None, hook_name: str | None = None,
                             positions: str = "all", batch_size: int = 4, check_output: bool = True,
@@ -102,7 +95,7 @@ def sae_feature_attribution(model: HookedModel, inputs, sae, metric: Callable[[t
     summed (``"all"``, ``"completion"`` or ``"first"``).
     """
     batch = as_batch(inputs)
-    name = _hook_name(sae, hook_name)
+    name = sae_hook_name(sae, hook_name)
     if name not in model.hook_dict:
         raise SteerInterpError(f"the model has no hook point {name!r}; pass hook_name= for this SAE")
     difference = isinstance(sae, DiffSAE) if difference is None else difference

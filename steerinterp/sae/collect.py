@@ -27,8 +27,8 @@ from jaxtyping import Bool, Float, Int
 
 from steerinterp.analysis.batch import Batch, as_batch, paired_caches
 from steerinterp.errors import SteerInterpError
-from steerinterp.generation import GenerationOutput, generate
-from steerinterp.steering import DEFAULT_HOOK
+from steerinterp.generation.decode import GenerationOutput, generate
+from steerinterp.steering.vectors import DEFAULT_HOOK
 from steerinterp.tasks.base import Problem, Task
 from steerinterp.types import HookedModel
 

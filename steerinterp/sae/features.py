@@ -24,8 +24,8 @@ from steerinterp.analysis.logit_lens import LogitLensResult, Mode, vector_logit_
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations
+from steerinterp.sae.model import as_sae_lens
 from steerinterp.sae.store import ShardedDiffs, check_source
-from steerinterp.sae.train import as_sae_lens
 from steerinterp.types import HookedModel
 
 ROWS = ("completion", "all")

@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.positions import Positions
-from steerinterp.sae.attribution import _hook_name
-from steerinterp.sae.train import as_sae_lens
-from steerinterp.steering import SteeringVector
+from steerinterp.sae.model import as_sae_lens, sae_hook_name
+from steerinterp.steering.positions import Positions
+from steerinterp.steering.vectors import SteeringVector
 
 
 def feature_vector(sae, feature: int, *, norm: float | None = None, scale: float = 1.0, hook_name: str | None = None,
@@ -30,4 +29,4 @@ def feature_vector(sae, feature: int, *, norm: float | None = None, scale: float
         if norm < 0:
             raise SteerInterpError(f"norm must be >= 0, got {norm}; use scale=-1 to steer against the feature")
         v = v / v.norm().clamp_min(1e-30) * norm
-    return SteeringVector(v.to(dtype) if dtype is not None else v, _hook_name(sae, hook_name), scale, positions)
+    return SteeringVector(v.to(dtype) if dtype is not None else v, sae_hook_name(sae, hook_name), scale, positions)

@@ -1,8 +1,19 @@
-"""Tasks: prompts plus a verifier. GSM8K / MATH-style JSONL files and seeded synthetic arithmetic."""
+"""Tasks: problems, a prompt format and a verifier; evaluation of base vs steered models on them.
+
+    base.py        Problem, Task
+    arithmetic.py  seeded synthetic arithmetic levels
+    jsonl.py       GSM8K / MATH-style JSONL files
+    spec.py        task strings (``arithmetic:add1:shared``, ``gsm8k:PATH,TEST``, ``math:PATH``) both ways
+    verifiers.py   the verifier registry (boxed: math-verify, bounded; last_number: lenient)
+    evaluation.py  evaluate(): greedy and sampled accuracy per variant
+"""
 
 from steerinterp.tasks.arithmetic import LEVELS, arithmetic_task
 from steerinterp.tasks.base import Problem, Task
+from steerinterp.tasks.evaluation import EvalResult, evaluate
 from steerinterp.tasks.jsonl import gsm8k_task, math_task
 from steerinterp.tasks.spec import load_task
+from steerinterp.tasks.verifiers import VERIFIERS
 
-__all__ = ["LEVELS", "Problem", "Task", "arithmetic_task", "gsm8k_task", "load_task", "math_task"]
+__all__ = ["LEVELS", "VERIFIERS", "EvalResult", "Problem", "Task", "arithmetic_task", "evaluate", "gsm8k_task",
+           "load_task", "math_task"]

@@ -65,4 +65,5 @@ def arithmetic_task(level: str = "add1", *, n_test: int = 64, seed: int = 0, ver
         user_template=user_template,
         format_bonus=format_bonus,
         info={"level": level, "seed": seed, "split": split},
+        spec=f"arithmetic:{level}" + (":shared" if split == "shared" else ""),
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from steerinterp.chat import chat_prompts
 from steerinterp.errors import SteerInterpError
-from steerinterp.rewards import VERIFIERS, answers_match, extract_boxed, extract_last_number, reference_answer
+from steerinterp.models.chat import chat_prompts
+from steerinterp.tasks.verifiers import VERIFIERS, answers_match, extract_boxed, extract_last_number, reference_answer
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Task:
     zero_one: bool = False
     assistant_prefix: str | Callable[[Problem], str] = ""
     info: dict = field(default_factory=dict)
+    spec: str | None = None  # the task string that rebuilds this task (``load_task``), None for a custom task
 
     def __post_init__(self):
         if self.verifier not in VERIFIERS:
@@ -79,7 +80,7 @@ class Task:
         """The same task with every answer starting with ``prefix`` (e.g. ``"To"``, or a function of the
         problem), written into the prompt and read by the verifier."""
         label = label or (prefix if isinstance(prefix, str) else getattr(prefix, "__name__", "custom"))
-        return replace(self, name=f"{self.name}+prefix{label!r}", assistant_prefix=prefix)
+        return replace(self, name=f"{self.name}+prefix{label!r}", assistant_prefix=prefix, spec=None)
 
     def extracted(self, completion: str) -> str | None:
         """The answer the verifier reads from a completion (None when there is none)."""

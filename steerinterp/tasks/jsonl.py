@@ -6,10 +6,10 @@ import json
 import random
 from pathlib import Path
 
-from steerinterp.chat import PAPER_SYSTEM_PROMPT
 from steerinterp.errors import SteerInterpError
-from steerinterp.rewards import extract_boxed
+from steerinterp.models.chat import PAPER_SYSTEM_PROMPT
 from steerinterp.tasks.base import Problem, Task
+from steerinterp.tasks.verifiers import extract_boxed
 
 
 def read_jsonl(path, question_key: str, answer_key: str, *, alt_answer_key: str | None = None,
@@ -71,7 +71,8 @@ def gsm8k_task(train_path, test_path=None, *, verifier: str = "boxed", system_pr
     train, test = _split(reader(train_path), test_path, reader, n_test, seed)
     return Task(name=f"gsm8k:{Path(train_path).name}", train=train, test=test, verifier=verifier,
                 system_prompt=system_prompt, user_template=user_template, format_bonus=format_bonus,
-                info={"train_path": str(train_path), "test_path": str(test_path) if test_path else None})
+                info={"train_path": str(train_path), "test_path": str(test_path) if test_path else None},
+                spec=file_spec("gsm8k", train_path, test_path))
 
 
 def math_task(train_path, test_path=None, *, verifier: str = "boxed", system_prompt: str | None = PAPER_SYSTEM_PROMPT,
@@ -82,4 +83,11 @@ def math_task(train_path, test_path=None, *, verifier: str = "boxed", system_pro
 
     train, test = _split(reader(train_path), test_path, reader, n_test, seed)
     return Task(name=f"math:{Path(train_path).name}", train=train, test=test, verifier=verifier,
-                system_prompt=system_prompt, info={"train_path": str(train_path)})
+                system_prompt=system_prompt, info={"train_path": str(train_path)},
+                spec=file_spec("math", train_path, test_path))
+
+
+def file_spec(kind: str, train_path, test_path=None) -> str:
+    """The task string of a file task, with absolute paths (valid from any working directory)."""
+    spec = f"{kind}:{Path(train_path).resolve()}"
+    return spec + (f",{Path(test_path).resolve()}" if test_path else "")

@@ -11,6 +11,7 @@ import einops
 import torch
 
 from steerinterp.errors import SteerInterpError
+from steerinterp.types import model_spec
 
 
 class MirrorUnsupported(SteerInterpError):
@@ -21,7 +22,8 @@ def _check_supported(model) -> None:
     cfg = model.cfg
     if type(model).__name__ != "HookedTransformer":
         raise MirrorUnsupported(f"{type(model).__name__} is not a HookedTransformer")
-    if getattr(model, "_steerinterp_processed", False):
+    spec = model_spec(model)
+    if spec is not None and spec.processed:
         raise MirrorUnsupported("processed (folded/centred) weights are not in the HF basis")
     wanted = {
         "normalization_type": "RMS",

@@ -11,21 +11,21 @@ main analyses of an all-layer steering set (PAPER_NOTES section 4):
 * ``diffsae``: a DiffSAE on a middle layer's steering-induced differences, features of correct vs
   incorrect generations (4.6).
 
-Each returns its usual result object. ``save_analysis`` writes them under ``RUN/analysis`` (CSV
-tables, plotly figures as JSON, ``index.json`` with one-line findings); ``build_report(RUN)`` turns
-a run directory (vectors, metrics, evaluation, analysis) into the self-contained HTML page, without
-the model, so ``steerinterp report`` can rebuild it anywhere.
+Each returns its usual result object. ``save_analysis`` writes them into a run's ``analysis/``
+(through ``RunDir``: CSV tables, plotly figures as JSON, one-line findings); ``build_report(run)`` turns
+a run directory (record, metrics, evaluation, analysis) into the self-contained HTML page, without the
+model, so ``steerinterp report`` can rebuild it anywhere.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steerinterp.app.report import Section, render_report
 from steerinterp.errors import SteerInterpError
-from steerinterp.report import Section, render_report
+from steerinterp.run_dir import RunDir
 
 ANALYSES = ("logit_lens", "first_token", "persistence", "path_patching", "attention", "diffsae")
 TITLES = {
@@ -139,6 +139,9 @@ def _diffsae(model, vecs, task, quick, seed, **_):
     problems = list(task.train)[: 32 if quick else 81]
     gens = S.sample_labelled(model, task, vecs, problems=problems, samples_per_problem=2 if quick else 4, seed=seed)
     d = S.collect_differences(model, gens, vecs, [layer], positions="all", batch_size=16)[f"blocks.{layer}.hook_resid_post"]
+    if not bool(d.delta.any()):
+        return Finding("diffsae", f"layer {layer}: steering leaves the residual stream unchanged here (every "
+                                  f"difference is zero over {len(d)} tokens); no DiffSAE to train")
     dsae = S.train_diff_sae(d, k=16, batch_size=512, training_tokens=(10 if quick else 20) * len(d), seed=seed)
     tables = {"quality": dsae.to_frame()}
     figures = []
@@ -174,7 +177,7 @@ def analyze_vectors(model, vecs, task, *, quick: bool = False, seed: int = 0, on
     missing = [x for x in (last, last - 1) if x not in vecs.layers]
     if missing:
         raise SteerInterpError(f"these analyses need vectors at the last two layers ({last - 1}, {last}); the set has "
-                               f"{vecs.layers}. Train with --layers all (or give those layers)")
+                               f"{vecs.layers}. Train with layers=\"all\" (or include those layers)")
     rollouts = _rollouts(model, vecs, task, 8 if quick else 16, seed)
     findings = {}
     bar = None
@@ -196,50 +199,29 @@ def analyze_vectors(model, vecs, task, *, quick: bool = False, seed: int = 0, on
     return RunAnalysis(findings)
 
 
-def save_analysis(analysis: RunAnalysis, directory) -> Path:
-    """Write each finding's tables (CSV) and figures (plotly JSON) and ``index.json`` under ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    index = {}
-    for name, f in analysis.findings.items():
-        tables = {}
-        for tname, frame in f.tables.items():
-            path = directory / f"{name}-{tname}.csv"
-            frame.to_csv(path, index=False)
-            tables[tname] = path.name
-        figs = []
-        for i, fig in enumerate(f.figures):
-            path = directory / f"{name}-figure{i}.json"
-            path.write_text(fig.to_json())
-            figs.append(path.name)
-        index[name] = {"note": f.note, "seconds": f.seconds, "tables": tables, "figures": figs}
-    (directory / "index.json").write_text(json.dumps(index, indent=1))
-    return directory
+def save_analysis(analysis: RunAnalysis, run) -> Path:
+    """Write each finding's tables and figures into the run's ``analysis/`` (``run``: a RunDir or its path)."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    return run.write_analysis({name: {"note": f.note, "seconds": f.seconds, "tables": f.tables, "figures": f.figures}
+                               for name, f in analysis.findings.items()})
 
 
-def _read_table(path: Path):
-    import pandas as pd
-
-    return pd.read_csv(path)
-
-
-def report_sections(run_dir) -> list[Section]:
-    """Sections of a run's report from the files in ``run_dir`` (what exists is shown)."""
+def report_sections(run) -> list[Section]:
+    """Sections of a run's report from its files (what exists is shown); ``run``: a RunDir or its path."""
     import plotly.graph_objects as go
-    import plotly.io as pio
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise SteerInterpError(f"{run} is not a run directory; give the --out of `steerinterp demo` or `train`")
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    if not run.path.is_dir():
+        raise SteerInterpError(f"{run.path} is not a run directory; give the output directory of a demo or train run")
     sections = []
-    summary = run / "summary.txt"
-    if summary.exists():
-        sections.append(Section("Summary", code=summary.read_text()))
-    metrics = run / "metrics.jsonl"
-    if metrics.exists():
+    summary = run.summary()
+    if summary is not None:
+        sections.append(Section("Summary", code=summary))
+    rows = run.metrics()
+    if rows:
         import pandas as pd
 
-        m = pd.DataFrame([json.loads(x) for x in metrics.read_text().splitlines() if x.strip()])
+        m = pd.DataFrame(rows)
         fig = go.Figure()
         for col in ("accuracy", "reward_mean"):
             if col in m:
@@ -247,36 +229,37 @@ def report_sections(run_dir) -> list[Section]:
         fig.update_layout(title="RL training (RLOO): per-step training accuracy and mean reward", xaxis_title="step")
         keep = [c for c in ("step", "accuracy", "reward_mean", "completion_len", "grad_norm", "seconds_sampling",
                             "seconds_gradient") if c in m]
-        sections.append(Section("Training", [f"{len(m)} steps; full per-step metrics in metrics.jsonl."],
+        sections.append(Section("Training", [f"{len(m)} steps; full per-step metrics in {RunDir.METRICS}."],
                                 [m[keep].tail(MAX_ROWS)], [fig]))
-    ev = run / "evaluation.csv"
-    if ev.exists():
-        d = _read_table(ev)
-        if {"variant", "mode", "correct"} <= set(d.columns):
-            table = d.groupby(["variant", "mode"], as_index=False)["correct"].mean().rename(columns={"correct": "accuracy"})
-            fig = go.Figure([go.Bar(x=g["mode"], y=g["accuracy"], name=v) for v, g in table.groupby("variant")])
-            fig.update_layout(title="held-out accuracy", barmode="group", yaxis_range=[0, 1])
-            sections.append(Section("Evaluation", [f"{d['problem'].nunique() if 'problem' in d else len(d)} held-out problems."],
-                                    [table], [fig]))
-    index_path = run / "analysis" / "index.json"
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-        for name, entry in index.items():
-            tables = [_read_table(run / "analysis" / t).head(MAX_ROWS) for t in entry["tables"].values()]
-            figures = [pio.from_json((run / "analysis" / f).read_text()) for f in entry["figures"]]
-            paras = [entry["note"], f"Tables (first {MAX_ROWS} rows) from analysis/: {', '.join(entry['tables'].values())}; "
-                                    f"{entry['seconds']:.0f} s."]
-            sections.append(Section(TITLES.get(name, name), paras, tables, figures))
+    d = run.evaluation()
+    if d is not None and {"variant", "mode", "correct"} <= set(d.columns):
+        table = d.groupby(["variant", "mode"], as_index=False)["correct"].mean().rename(columns={"correct": "accuracy"})
+        fig = go.Figure([go.Bar(x=g["mode"], y=g["accuracy"], name=v) for v, g in table.groupby("variant")])
+        fig.update_layout(title="held-out accuracy", barmode="group", yaxis_range=[0, 1])
+        sections.append(Section("Evaluation", [f"{d['problem'].nunique() if 'problem' in d else len(d)} held-out problems."],
+                                [table], [fig]))
+    for name, entry in run.analysis_index().items():
+        tables = [run.analysis_table(t).head(MAX_ROWS) for t in entry["tables"].values()]
+        figures = [run.analysis_figure(f) for f in entry["figures"]]
+        paras = [entry["note"], f"Tables (first {MAX_ROWS} rows) from {RunDir.ANALYSIS}/: "
+                                f"{', '.join(entry['tables'].values())}; {entry['seconds']:.0f} s."]
+        sections.append(Section(TITLES.get(name, name), paras, tables, figures))
     if not sections:
-        raise SteerInterpError(f"{run} holds nothing to report (no summary.txt, metrics.jsonl, evaluation.csv or analysis/)")
+        raise SteerInterpError(f"{run.path} holds nothing to report (no summary, metrics, evaluation or analyses)")
     return sections
 
 
-def build_report(run_dir, *, title: str = "steerinterp run report") -> str:
+def build_report(run, *, title: str = "steerinterp run report") -> str:
     """The HTML page of a run directory (``render_report`` of ``report_sections``)."""
-    info = Path(run_dir) / "run.json"
+    run = run if isinstance(run, RunDir) else RunDir(run)
     subtitle = ""
-    if info.exists():
-        meta = json.loads(info.read_text())
-        subtitle = ", ".join(f"{k}: {v}" for k, v in meta.items())
-    return render_report(title, report_sections(run_dir), subtitle=subtitle)
+    if run.holds_run():
+        rec = run.record()
+        parts = [f"task: {rec.task or rec.task_name}"]
+        if rec.model is not None:
+            parts.insert(0, f"model: {rec.model.describe()}")
+        if rec.config.get("steps") is not None:
+            parts.append(f"steps: {rec.config['steps']}")
+        parts += [f"seed: {rec.seed}", f"steerinterp {rec.library_version}"]
+        subtitle = ", ".join(parts)
+    return render_report(title, report_sections(run), subtitle=subtitle)

@@ -16,9 +16,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from steerinterp._files import atomic_write_bytes
 from steerinterp.errors import SteerInterpError
-from steerinterp.positions import TokenContext
-from steerinterp.steering import add_hooks, check_finite, resolve_layers
+from steerinterp.steering.positions import TokenContext
+from steerinterp.steering.vectors import add_hooks, check_finite, resolve_layers
+from steerinterp.types import model_device
 
 
 class AdaptiveSteering:
@@ -33,7 +35,7 @@ class AdaptiveSteering:
     @classmethod
     def init(cls, model, layers: str | int | Iterable[int] = "all", *, seed: int = 0) -> AdaptiveSteering:
         """PEFT-style initialisation: a ~ Kaiming-uniform(a=sqrt(5)) on [1, d_mlp], b = 0."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         g = torch.Generator().manual_seed(seed)
         a, b = {}, {}
         for layer in resolve_layers(model, layers):
@@ -68,7 +70,9 @@ class AdaptiveSteering:
         """Signed per-token magnitude m_t = |b| (a . u_t) for hidden activations u [..., d_mlp]."""
         return self.b[layer].norm() * (u @ self.a[layer].to(u.dtype))
 
-    def _hooks(self):
+    def fwd_hooks(self, context: TokenContext | None = None) -> list[tuple[str, object]]:
+        """TransformerLens hooks: capture the MLP hidden ``u`` (``mlp.hook_post``), add ``b (a . u)`` at
+        ``hook_mlp_out``. Token-wise by construction, so ``context`` is not needed."""
         captured: dict[int, torch.Tensor] = {}
         pairs = []
         for layer in self.layers:
@@ -89,23 +93,11 @@ class AdaptiveSteering:
     def applied(self, model, *, prompt_mask=None, attention_mask=None, context: TokenContext | None = None):
         """Add the rank-1 updates inside the block; hooks are removed on exit (also after errors)."""
         self.validate(model)
-        handle = add_hooks(model, self._hooks())
+        handle = add_hooks(model, self.fwd_hooks(context))
         try:
             yield model
         finally:
             handle.remove()
-
-    def hf_hook_specs(self, ctx: TokenContext | None = None):
-        """The same update on a transformers Llama: a forward hook on ``mlp.down_proj``."""
-        specs = []
-        for layer in self.layers:
-
-            def fn(out, hook, inputs, layer=layer):
-                u = inputs[0]
-                return out + (u @ self.a[layer].to(u.dtype))[..., None] * self.b[layer].to(out.dtype)
-
-            specs.append((f"model.layers.{layer}.mlp.down_proj", "output_with_input", fn, f"adaptive.{layer}"))
-        return specs
 
     def detached(self) -> AdaptiveSteering:
         return AdaptiveSteering({k: v.detach().clone() for k, v in self.a.items()},
@@ -113,8 +105,6 @@ class AdaptiveSteering:
 
     def save(self, path) -> None:
         from safetensors.torch import save
-
-        from steerinterp._cache import atomic_write_bytes
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.named_tensors().items()}
         atomic_write_bytes(path, save(tensors, metadata={"format": "steerinterp.adaptive/1"}))

@@ -13,14 +13,16 @@ import contextlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
 from torch import nn
 
-from steerinterp.errors import SteerInterpError
-from steerinterp.positions import Positions, TokenContext
-from steerinterp.types import HookedModel
+from steerinterp.errors import SteeringFileError, SteerInterpError
+from steerinterp.steering.io import read_vectors, write_vectors
+from steerinterp.steering.positions import Positions, TokenContext
+from steerinterp.types import HookedModel, model_device, model_spec
 
 DEFAULT_HOOK = "blocks.{layer}.hook_resid_post"
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -160,10 +162,10 @@ class SteeringSet:
         scale: float = 1.0,
     ) -> SteeringSet:
         """Zero-initialised vectors (the papers' initialisation), trainable ``nn.Parameter`` s by default."""
-        device = _model_device(model)
+        device = model_device(model)
         vecs = []
         for layer in resolve_layers(model, layers):
-            t = torch.zeros(model.cfg.d_model, device=device, dtype=_vector_dtype(model))
+            t = torch.zeros(model.cfg.d_model, device=device, dtype=vector_dtype(model))
             v = nn.Parameter(t, requires_grad=True) if trainable else t
             vecs.append(SteeringVector(v, hook.format(layer=layer), scale, Positions.parse(positions)))
         out = cls(vecs)
@@ -182,11 +184,11 @@ class SteeringSet:
         scale: float = 1.0,
     ) -> SteeringSet:
         """Vectors from ``{layer: tensor}`` (fixed by default; copies, so the caller's tensors stay put)."""
-        device = _model_device(model)
+        device = model_device(model)
         resolve_layers(model, list(tensors))
         vecs = []
         for layer, t in sorted(tensors.items()):
-            t = torch.as_tensor(t).detach().to(device=device, dtype=_vector_dtype(model)).clone()
+            t = torch.as_tensor(t).detach().to(device=device, dtype=vector_dtype(model)).clone()
             v = nn.Parameter(t, requires_grad=True) if trainable else t
             vecs.append(SteeringVector(v, hook.format(layer=layer), scale, Positions.parse(positions)))
         out = cls(vecs)
@@ -267,18 +269,6 @@ class SteeringSet:
                 )
             check_finite(v.hook_name, v.vector)
 
-    def hf_hook_specs(self, ctx: TokenContext | None = None) -> list[tuple[str, str, object, str]]:
-        """``(hf_module_path, side, fn, hook_name)`` for the fast engine; raises if a hook has no HF twin."""
-        from steerinterp.rollout import hf_hook_site
-
-        specs = []
-        for v in self.vectors:
-            site = hf_hook_site(v.hook_name)
-            if site is None:
-                raise SteerInterpError(f"engine='hf' cannot steer at {v.hook_name!r}; use engine='hooked'")
-            specs.append((site[0], site[1], v.make_hook(ctx), v.hook_name))
-        return specs
-
     def fwd_hooks(self, ctx: TokenContext | None = None) -> list[tuple[str, object]]:
         """``(hook_name, fn)`` pairs in TransformerLens's ``fwd_hooks`` format."""
         return [(v.hook_name, v.make_hook(ctx)) for v in self.vectors]
@@ -312,18 +302,60 @@ class SteeringSet:
         return add_hooks(model, self.fwd_hooks(None), permanent=True)
 
     # ---- persistence -----------------------------------------------------------------------------------
-    def save(self, path, *, model: HookedModel | None = None, info: Mapping | None = None):
-        """Write safetensors + JSON metadata (see ``steerinterp.steering_io``). Returns the file path."""
-        from steerinterp.steering_io import save_steering
+    def save(self, path, *, model: HookedModel | None = None, info: Mapping | None = None) -> Path:
+        """Write safetensors + JSON metadata (format: ``steerinterp.steering.io``). Returns the file path.
 
-        return save_steering(self, path, model=model, info=info)
+        ``path`` ending in ``.safetensors`` is that file; any other path is a directory. With ``model``,
+        the file records which model the vectors belong to (``model_spec``) and its shape.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        entries = []
+        for i, v in enumerate(self.vectors):
+            check_finite(v.hook_name, v.vector)
+            tensors[f"vector.{i}"] = v.vector.detach().to("cpu", torch.float32).contiguous()
+            if v.positions.mask is not None:
+                tensors[f"positions_mask.{i}"] = v.positions.mask.to(torch.uint8).contiguous()
+            entries.append({"hook_name": v.hook_name, "scale": v.scale, "positions": v.positions.to_dict(),
+                            "trainable": v.trainable})
+        if model is not None:
+            spec = model_spec(model)
+            described = {"name": getattr(model.cfg, "model_name", None), "spec": spec.to_dict() if spec else None,
+                         "d_model": model.cfg.d_model, "n_layers": model.cfg.n_layers}
+        else:
+            widths = {t.shape[0] for k, t in tensors.items() if k.startswith("vector.")}
+            described = {"d_model": widths.pop() if len(widths) == 1 else None}
+        return write_vectors(path, tensors, entries, info={**self.info, **(info or {})}, model=described)
 
     @classmethod
     def load(cls, path, model: HookedModel | None = None, *, trainable: bool = False) -> SteeringSet:
         """Read a saved set; with ``model``, check it fits and move the vectors to its device."""
-        from steerinterp.steering_io import load_steering
-
-        return load_steering(path, model=model, trainable=trainable)
+        tensors, meta = read_vectors(path)
+        vecs = []
+        for i, e in enumerate(meta["vectors"]):
+            if f"vector.{i}" not in tensors:
+                raise SteeringFileError(f"{path} lists {len(meta['vectors'])} vectors but vector {i} is missing")
+            t = tensors[f"vector.{i}"]
+            check_finite(e["hook_name"], t)
+            p = e.get("positions") or {"kind": "all"}
+            if p["kind"] == "mask":
+                positions = Positions.from_mask(tensors[f"positions_mask.{i}"].bool())
+            else:
+                positions = Positions(p["kind"], start=p.get("start"), stop=p.get("stop"))
+            if model is not None:
+                if e["hook_name"] not in model.hook_dict:
+                    raise SteeringFileError(
+                        f"{path}: the model has no hook {e['hook_name']!r} (saved for a model with "
+                        f"{meta.get('model', {}).get('n_layers')} layers; this one has {model.cfg.n_layers})"
+                    )
+                if t.shape[0] != model.cfg.d_model:
+                    raise SteeringFileError(
+                        f"{path}: vectors have d_model {t.shape[0]} but the model has {model.cfg.d_model}; "
+                        "they were trained for another model (see steerinterp.analysis.transfer to map them)"
+                    )
+                t = t.to(model_device(model))
+            vec = nn.Parameter(t.clone(), requires_grad=True) if trainable else t
+            vecs.append(SteeringVector(vec, e["hook_name"], float(e["scale"]), positions))
+        return cls(vecs, info=meta.get("info"))
 
 
 def resolve_layers(model: HookedModel, layers: str | int | Iterable[int]) -> list[int]:
@@ -347,14 +379,7 @@ def resolve_layers(model: HookedModel, layers: str | int | Iterable[int]) -> lis
     return out
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device(getattr(model.cfg, "device", "cpu") or "cpu")
-
-
-def _vector_dtype(model) -> torch.dtype:
+def vector_dtype(model) -> torch.dtype:
     """float64 for float64 models, else float32 (vectors stay fp32 under half-precision models)."""
     return torch.float64 if getattr(model.cfg, "dtype", None) == torch.float64 else torch.float32
 

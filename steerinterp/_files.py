@@ -1,4 +1,4 @@
-"""User cache directory and atomic file writes."""
+"""User cache directory and atomic file writes: a reader sees the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -59,3 +59,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))

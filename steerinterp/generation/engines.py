@@ -2,7 +2,7 @@
 
 Each engine runs a prefill over left-padded prompts and then one token per step with a KV cache,
 adding steering vectors at every forward (prompt and each new token), and returns last-position
-logits. The decode loop and the sampler are shared (``generation.py``), so engines differ only in
+logits. The decode loop and the sampler are shared (``decode.py``, ``sampling.py``), so engines differ only in
 which implementation of the same network they run:
 
 * ``HookedEngine``: the TransformerLens ``HookedTransformer`` itself (the reference path);
@@ -16,16 +16,19 @@ which implementation of the same network they run:
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
+import weakref
 from types import SimpleNamespace
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.positions import TokenContext
-from steerinterp.types import is_bridge
+from steerinterp.steering.positions import TokenContext
+from steerinterp.steering.protocol import Steering
+from steerinterp.steering.sites import hf_site
+from steerinterp.types import is_bridge, model_device
 
 
 def expand_tl_cache(cache, index: torch.Tensor) -> None:
@@ -74,7 +77,7 @@ class HookedEngine:
     def start(self, batch: int):
         from transformer_lens import TransformerLensKeyValueCache
 
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         self.cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, device, batch)
 
     def expand(self, index: torch.Tensor) -> None:
@@ -88,26 +91,6 @@ class HookedEngine:
         return m.unembed(m.ln_final(last))[:, 0, :]
 
 
-# hook name -> (module path template, how to hook it)
-_HF_HOOKS = [
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_post$"), "model.layers.{l}", "output"),
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_pre$"), "model.layers.{l}", "input"),
-    (re.compile(r"^blocks\.(\d+)\.hook_mlp_out$"), "model.layers.{l}.mlp", "output"),
-    (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "model.layers.{l}.self_attn", "output"),
-    # resid_mid = resid_pre + attn_out, so adding at resid_mid is adding to the attention output
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_mid$"), "model.layers.{l}.self_attn", "output"),
-]
-
-
-def hf_hook_site(hook_name: str) -> tuple[str, str] | None:
-    """The HF module and side (input/output) equivalent to a TransformerLens hook, if any."""
-    for pattern, module, side in _HF_HOOKS:
-        m = pattern.match(hook_name)
-        if m:
-            return module.format(l=m.group(1)), side
-    return None
-
-
 class HFEngine:
     """Decode with a transformers Llama mirror of the HookedTransformer's weights."""
 
@@ -118,21 +101,21 @@ class HFEngine:
         self.hf = hf_mirror(model)
 
     @staticmethod
-    def supports(vecs) -> bool:
+    def unmirrored_hook(vecs: Steering | None) -> str | None:
+        """The first hook of ``vecs`` with no HF site (None when all are mirrored)."""
         if vecs is None:
-            return True
-        try:
-            vecs.hf_hook_specs(None)
-        except (SteerInterpError, AttributeError):
-            return False
-        return True
+            return None
+        return next((name for name, _ in vecs.fwd_hooks(None) if hf_site(name) is None), None)
 
     @contextlib.contextmanager
-    def steering(self, vecs, ctx: TokenContext):
+    def steering(self, vecs: Steering | None, ctx: TokenContext):
         handles = []
         try:
-            for module_path, side, fn, name in vecs.hf_hook_specs(ctx) if vecs is not None else ():
-                handles.append(_register(self.hf.get_submodule(module_path), side, fn, name))
+            for name, fn in vecs.fwd_hooks(ctx) if vecs is not None else ():
+                site = hf_site(name)
+                if site is None:
+                    raise SteerInterpError(f"engine='hf' cannot steer at {name!r}; use engine='hooked'")
+                handles.append(_register(self.hf.get_submodule(site.module), site.side, fn, name))
             yield
         finally:
             for h in handles:
@@ -157,24 +140,27 @@ class HFEngine:
 
 
 def _register(module, side: str, fn, hook_name: str):
+    """A PyTorch hook calling a TransformerLens-style ``fn(act, hook)`` (None from fn: leave it as it is)."""
     hook = SimpleNamespace(name=hook_name)
-    if side == "output_with_input":
-        return module.register_forward_hook(lambda mod, args, output: fn(output, hook, args))
     if side == "output":
 
         def post(mod, args, output):
-            if isinstance(output, tuple):
-                return (fn(output[0], hook),) + tuple(output[1:])
-            return fn(output, hook)
+            act = output[0] if isinstance(output, tuple) else output
+            new = fn(act, hook)
+            if new is None:
+                return None
+            return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
         return module.register_forward_hook(post)
 
     def pre(mod, args, kwargs):
+        act = args[0] if args else kwargs["hidden_states"]
+        new = fn(act, hook)
+        if new is None:
+            return None
         if args:
-            return (fn(args[0], hook),) + tuple(args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = fn(kwargs["hidden_states"], hook)
-        return args, kwargs
+            return (new,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
 
     return module.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -203,18 +189,39 @@ class BridgeEngine:
         return logits[:, -1, :]
 
 
+# per model: (weights fingerprint, mirror); and the last fallback reason warned about. Weak tables, so
+# nothing is hung on the user's model and a model's mirror goes when the model does.
+_MIRRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def hf_mirror(model):
     """The cached HF mirror of ``model``; rebuilt when the model's weights change."""
-    from steerinterp.hf_mirror import build_hf_mirror, weights_fingerprint
+    from steerinterp.generation.hf_mirror import build_hf_mirror, weights_fingerprint
 
     fp = weights_fingerprint(model)
-    cached = getattr(model, "_steerinterp_mirror", None)
+    cached = _MIRRORS.get(model)
     if cached is not None and cached[0] == fp:
         return cached[1]
     hf = build_hf_mirror(model)
-    # stored outside nn.Module registration, so it never shows up in model.parameters()
-    object.__setattr__(model, "_steerinterp_mirror", (fp, hf))
+    _MIRRORS[model] = (fp, hf)
     return hf
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the decode loop needs of an engine (``HookedEngine``, ``HFEngine``, ``BridgeEngine``, or a
+    user's own, e.g. ``analysis.PatchedEngine``): steering for the call, a KV cache, last-position logits."""
+
+    name: str
+
+    def steering(self, vecs: Steering | None, ctx: TokenContext) -> contextlib.AbstractContextManager: ...
+
+    def start(self, batch: int) -> None: ...
+
+    def expand(self, index: torch.Tensor) -> None: ...
+
+    def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, full_mask: torch.Tensor) -> torch.Tensor: ...
 
 
 ENGINES = ("auto", "hooked", "hf", "bridge")
@@ -222,12 +229,12 @@ ENGINES = ("auto", "hooked", "hf", "bridge")
 
 def choose_engine(model, engine: str, vecs):
     """Pick the engine: ``auto`` = bridge for bridges, else the HF mirror when it applies, else hooked."""
-    from steerinterp.hf_mirror import MirrorUnsupported
+    from steerinterp.generation.hf_mirror import MirrorUnsupported
 
     if not isinstance(engine, str):
-        if not all(hasattr(engine, a) for a in ("start", "forward", "steering", "expand", "name")):
+        if not isinstance(engine, Engine):
             raise SteerInterpError(
-                f"engine must be a name ({', '.join(ENGINES)}) or an engine object, got {type(engine).__name__}")
+                f"engine must be a name ({', '.join(ENGINES)}) or an Engine object, got {type(engine).__name__}")
         return engine  # a custom engine, e.g. analysis.patched_generation.PatchedEngine
     if engine not in ENGINES:
         raise SteerInterpError(f"engine={engine!r}; choose one of {', '.join(ENGINES)}")
@@ -239,21 +246,20 @@ def choose_engine(model, engine: str, vecs):
         raise SteerInterpError("engine='bridge' needs a TransformerBridge model")
     if engine == "hooked":
         return HookedEngine(model)
-    if not HFEngine.supports(vecs):
+    unmirrored = HFEngine.unmirrored_hook(vecs)
+    if unmirrored is not None:
         if engine == "hf":
-            if not hasattr(vecs, "hf_hook_specs"):
-                raise SteerInterpError(f"engine='hf' cannot apply {type(vecs).__name__}; use engine='hooked'")
-            vecs.hf_hook_specs(None)  # raises the message naming the hook
+            raise SteerInterpError(f"engine='hf' cannot steer at {unmirrored!r}; use engine='hooked'")
         return HookedEngine(model)
     try:
         return HFEngine(model)
     except MirrorUnsupported as e:
         if engine == "hf":
             raise
-        if getattr(model, "_steerinterp_warned", None) != str(e):
+        if _WARNED.get(model) != str(e):
             warnings.warn(f"fast rollout engine unavailable ({e}); using the HookedTransformer path", stacklevel=3)
-            object.__setattr__(model, "_steerinterp_warned", str(e))
+            _WARNED[model] = str(e)
         return HookedEngine(model)
 
 
-__all__ = ["BridgeEngine", "HFEngine", "HookedEngine", "choose_engine", "hf_hook_site", "position_ids"]
+__all__ = ["BridgeEngine", "Engine", "HFEngine", "HookedEngine", "choose_engine", "position_ids"]

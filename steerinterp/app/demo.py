@@ -4,7 +4,7 @@
 2. Evaluate it on held-out single-digit addition (greedy and sampled at T=1).
 3. Train one steering vector per layer with RLOO (the papers' recipe), weights frozen.
 4. Evaluate again with the vectors and collect example completions before / after.
-5. Analyse the vectors (``run_analysis.analyze_vectors``: logit lens, first-token substitution,
+5. Analyse the vectors (``pipeline.analyze_vectors``: logit lens, first-token substitution,
    persistence, path patching, attention diff, DiffSAE) and build the HTML report.
 
 ``quick`` trains 8 steps instead of 40 and runs reduced analyses (about 8-9 minutes on 2 CPU cores
@@ -13,9 +13,13 @@ instead of 25-30).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from steerinterp.run_dir import RunDir, RunRecord
+from steerinterp.types import model_spec
+
+DEMO_TASK = "arithmetic:add1"
 
 
 @dataclass
@@ -55,18 +59,23 @@ class DemoResult:
 
 
 def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progress: bool = False,
-             samples: int | None = None, analyses=None) -> DemoResult:
-    """Train, evaluate and analyse; ``analyses``: names to run (``run_analysis.ANALYSES``), ``()`` for none."""
+             samples: int | None = None, analyses=None, run: RunDir | None = None, resume: bool = False,
+             overwrite: bool = False) -> DemoResult:
+    """Train, evaluate and analyse; ``analyses``: names to run (``pipeline.ANALYSES``), ``()`` for none.
+
+    With ``run``, training checkpoints there (``resume=True`` continues an interrupted demo; a directory
+    holding another run is refused unless ``overwrite=True``); ``write_demo`` then adds the rest.
+    """
     import steerinterp as si
-    from steerinterp.evaluate import evaluate
     from steerinterp.rl import TrainConfig, Trainer
-    from steerinterp.tasks import arithmetic_task
+    from steerinterp.tasks import evaluate, load_task
 
     model = model or si.load_model()
-    task = arithmetic_task("add1")
+    task = load_task(DEMO_TASK)
     steps = steps if steps is not None else (8 if quick else 40)
     samples = samples if samples is not None else (2 if quick else 4)
-    result = Trainer(model, task, TrainConfig(steps=steps), progress=progress).train()
+    result = Trainer(model, task, TrainConfig(steps=steps), run, progress=progress).train(resume=resume,
+                                                                                         overwrite=overwrite)
     vecs = result.steering.detached()
     ev = evaluate(model, task, {"base": None, "steered": vecs}, samples=samples, progress=progress)
     details = ev.details()
@@ -77,33 +86,34 @@ def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progr
         examples.append({"question": p.question, "answer": p.answer, "base": rows["base"], "steered": rows["steered"]})
     analysis = None
     if analyses is None or len(analyses):
-        from steerinterp.run_analysis import analyze_vectors
+        from steerinterp.app.pipeline import analyze_vectors
 
         analysis = analyze_vectors(model, vecs, task, quick=quick, only=analyses, progress=progress)
     return DemoResult(getattr(model.cfg, "model_name", "model"), task.name, steps, ev, result, examples, analysis)
 
 
-def write_demo(result: DemoResult, out: Path, model=None) -> list[Path]:
-    """Write the vectors, metrics, evaluation table, summary, analyses and ``report.html`` under ``out``."""
-    from steerinterp.report import write_report
-    from steerinterp.run_analysis import build_report, save_analysis
+def write_demo(result: DemoResult, run: RunDir, model=None) -> list[Path]:
+    """Write the evaluation table, summary, analyses and ``report.html`` into ``run``, and the vectors when
+    training did not already put them there (a demo trained without a run directory)."""
+    from steerinterp.app.pipeline import build_report, save_analysis
 
-    out.mkdir(parents=True, exist_ok=True)
-    info = out / "run.json"
-    info.write_text(json.dumps({"model": result.model_name, "task": result.task, "task_spec": "arithmetic:add1",
-                                "steps": result.steps}))
-    vec_path = result.training.steering.save(out / "vectors", model=model, info={"task": result.task})
-    metrics = out / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps(m) + "\n" for m in result.training.metrics))
-    table = out / "evaluation.csv"
-    result.evaluation.details().to_csv(table, index=False)
-    summary = out / "summary.txt"
-    summary.write_text(result.summary() + "\n")
-    paths = [vec_path, metrics, table, summary, info]
+    paths = []
+    if run.vectors_path() is None:  # trained without this run directory
+        paths.append(result.training.steering.save(run.final_dir, model=model, info={"task": result.task}))
+        run.write_metrics(result.training.metrics)
+        record = RunRecord(kind="demo", model=model_spec(model) if model is not None else None, task=DEMO_TASK,
+                           task_name=result.task, config={"steps": result.steps})
+    else:
+        paths.append(run.vectors_path())
+        record = run.record()
+        record.kind = "demo"
+    paths.append(run.write_record(record))
+    paths.append(run.write_evaluation(result.evaluation.details()))
+    paths.append(run.write_summary(result.summary()))
     if result.analysis is not None:
-        paths.append(save_analysis(result.analysis, out / "analysis"))
-    paths.append(write_report(out / "report.html", build_report(out, title="steerinterp demo")))
+        paths.append(save_analysis(result.analysis, run))
+    paths.append(run.write_report(build_report(run, title="steerinterp demo")))
     return paths
 
 
-__all__ = ["DemoResult", "run_demo", "write_demo"]
+__all__ = ["DEMO_TASK", "DemoResult", "run_demo", "write_demo"]

@@ -22,7 +22,7 @@ def chat_prompts(
         model_or_tokenizer: a model with ``.tokenizer`` or a HF tokenizer with a chat template.
         user_messages: one message or a list (one prompt each).
         system: system message; ``None`` keeps the template's default (SmolLM2's names itself).
-            Use ``steerinterp.chat.PAPER_SYSTEM_PROMPT`` for the papers' boxed-answer instruction.
+            Use ``steerinterp.models.PAPER_SYSTEM_PROMPT`` for the papers' boxed-answer instruction.
     """
     tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
     if not getattr(tok, "chat_template", None):

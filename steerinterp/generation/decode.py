@@ -11,11 +11,12 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.positions import TokenContext
-from steerinterp.rollout import choose_engine, expand_tl_cache, unique_rows
-from steerinterp.sampling import check_sampling_args, make_generators, next_tokens
-from steerinterp.steering import SteeringSet, SteeringVector
-from steerinterp.types import HookedModel
+from steerinterp.generation.engines import choose_engine, expand_tl_cache, unique_rows
+from steerinterp.generation.sampling import check_sampling_args, make_generators, next_tokens
+from steerinterp.steering.positions import TokenContext
+from steerinterp.steering.protocol import Steering, as_steering
+from steerinterp.steering.vectors import SteeringVector
+from steerinterp.types import HookedModel, model_device, pad_token_id
 
 
 @dataclass
@@ -94,26 +95,11 @@ def left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, t
     return tokens.to(device), mask.to(device)
 
 
-def _as_set(steering):
-    """A SteeringSet (or another steering object with ``applied`` / ``layers``, e.g. AdaptiveSteering)."""
-    if steering is None or isinstance(steering, SteeringSet):
-        return steering
-    if isinstance(steering, SteeringVector):
-        return SteeringSet([steering])
-    if hasattr(steering, "applied") and hasattr(steering, "layers") and hasattr(steering, "validate"):
-        return steering
-    raise SteerInterpError(f"steering must be a SteeringSet or SteeringVector, got {type(steering).__name__}")
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def generate(
     model: HookedModel,
     prompts: str | Sequence[str] | Sequence[Sequence[int]],
-    steering: SteeringSet | SteeringVector | None = None,
+    steering: Steering | SteeringVector | None = None,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -139,7 +125,7 @@ def generate(
     check_sampling_args(temperature, top_p)
     if max_new_tokens < 1:
         raise SteerInterpError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    vecs = _as_set(steering)
+    vecs = as_steering(steering)
     if vecs is not None:
         vecs.validate(model)
     ids, texts = encode_prompts(model, prompts)
@@ -149,7 +135,7 @@ def generate(
             f"longest prompt ({max(len(i) for i in ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
             f"model's context of {n_ctx}; shorten it or load the model with a larger n_ctx"
         )
-    generators = make_generators(seed, len(ids), _device(model))
+    generators = make_generators(seed, len(ids), model_device(model))
     chosen = choose_engine(model, engine, vecs)
     step = batch_size or len(ids)
     chunks = []
@@ -161,10 +147,10 @@ def generate(
 
 
 def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p, generators, stop_at_eos, progress):
-    device = _device(model)
+    device = model_device(model)
     tok = model.tokenizer
     eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    pad = pad_token_id(tok)
     prompt, pmask = left_pad(ids, pad, device)
     batch = prompt.shape[0]
     # identical prompts (G samples of one problem) are prefilled once and their cache rows copied
@@ -205,7 +191,7 @@ def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p
 
 
 def _concat(chunks, texts, model, engine_name) -> GenerationOutput:
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    pad = pad_token_id(model.tokenizer)
     plen = max(c[0].shape[1] for c in chunks)
     nlen = max(c[2].shape[1] for c in chunks)
     rows_t, rows_m, rows_p, rows_c, fin = [], [], [], [], []
@@ -260,7 +246,7 @@ def teacher_forced_logprobs(
     model: HookedModel,
     tokens: Int[torch.Tensor, "batch seq"],
     completion_mask: Bool[torch.Tensor, "batch seq"],
-    steering: SteeringSet | SteeringVector | None = None,
+    steering: Steering | SteeringVector | None = None,
     *,
     attention_mask: Int[torch.Tensor, "batch seq"] | None = None,
     prompt_mask: Bool[torch.Tensor, "batch seq"] | None = None,
@@ -283,7 +269,7 @@ def teacher_forced_logprobs(
     keys and values through a KV cache, gradients included (RL groups: G samples per prompt).
     All of these leave the result unchanged (tested).
     """
-    vecs = _as_set(steering)
+    vecs = as_steering(steering)
     if tokens.shape != completion_mask.shape:
         raise SteerInterpError(f"tokens {tuple(tokens.shape)} and completion_mask {tuple(completion_mask.shape)} differ")
     if completion_mask[:, 0].any():

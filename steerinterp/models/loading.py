@@ -12,35 +12,19 @@ Hugging Face basis; ``processed=True`` gives TransformerLens's folded/centred we
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from steerinterp._cache import atomic_dir, cache_dir
 from steerinterp.errors import ModelLoadError
+from steerinterp.models.tiny import TinyConfig, tiny_checkpoint
+from steerinterp.types import ModelSpec, model_spec, record_model_spec
 
 EMBEDDED = "embedded"
 TINY = "tiny"
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    """Shape of the random test model. Defaults: 4 layers, d_model 64, 4 query / 2 key-value heads."""
-
-    n_layers: int = 4
-    d_model: int = 64
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_mlp: int = 128
-    n_ctx: int = 256
-    rope_theta: float = 10000.0
-    seed: int = 0
-    init_std: float = 0.08
 
 
 def default_device() -> torch.device:
@@ -78,10 +62,34 @@ def load_model(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a local file are noise
     try:
-        return _load(key, processed, device, dtype, n_ctx, tiny, backend)
+        model = _load(key, processed, device, dtype, n_ctx, tiny, backend)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    record_model_spec(model, ModelSpec(
+        name=key, dtype=str(dtype).removeprefix("torch."), processed=processed,
+        n_ctx=getattr(model.cfg, "n_ctx", None), backend=backend,
+        tiny=asdict(tiny) if key == TINY and tiny is not None and tiny != TinyConfig() else None))
+    return model
+
+
+def load_model_from_spec(spec: ModelSpec, *, device: str | torch.device | None = None):
+    """The model a ``ModelSpec`` describes (as recorded in a run directory or a vector file)."""
+    kwargs = {"processed": spec.processed, "dtype": _dtype(spec.dtype), "backend": spec.backend, "device": device}
+    if spec.n_ctx:
+        kwargs["n_ctx"] = spec.n_ctx
+    if spec.tiny:
+        kwargs["tiny"] = TinyConfig(**spec.tiny)
+    if spec.finetuned:
+        return load_finetuned(spec.finetuned, spec.name, **kwargs)
+    return load_model(spec.name, **kwargs)
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ModelLoadError(f"dtype {name!r} is not a torch dtype; use float32, bfloat16, float16 or float64")
+    return dtype
 
 
 def _load(key, processed, device, dtype, n_ctx, tiny, backend):
@@ -90,7 +98,7 @@ def _load(key, processed, device, dtype, n_ctx, tiny, backend):
     if backend == "bridge":
         return _load_bridge(key, tiny, device, dtype, processed)
     if key == EMBEDDED:
-        from steerinterp.gguf_loader import EMBEDDED_NAME, gguf_to_hf_checkpoint
+        from steerinterp.models.gguf import EMBEDDED_NAME, gguf_to_hf_checkpoint
 
         directory = gguf_to_hf_checkpoint()
         model = _load_hf_directory(directory, processed, device, dtype, n_ctx, model_name=EMBEDDED_NAME)
@@ -111,14 +119,12 @@ def _load(key, processed, device, dtype, n_ctx, tiny, backend):
     model.requires_grad_(False)
     model.eval()
     relayout_for_speed(model)
-    model._steerinterp_source = key  # noqa: SLF001 - provenance for saved vectors
-    model._steerinterp_processed = processed  # noqa: SLF001
     return model
 
 
 def _checkpoint_dir(key: str, tiny: TinyConfig | None) -> Path:
     if key == EMBEDDED:
-        from steerinterp.gguf_loader import gguf_to_hf_checkpoint
+        from steerinterp.models.gguf import gguf_to_hf_checkpoint
 
         return gguf_to_hf_checkpoint()
     if key == TINY:
@@ -143,8 +149,6 @@ def _load_bridge(key: str, tiny: TinyConfig | None, device, dtype, processed: bo
         bridge.enable_compatibility_mode()
     bridge.requires_grad_(False)
     bridge.eval()
-    bridge._steerinterp_source = key  # noqa: SLF001
-    bridge._steerinterp_processed = processed  # noqa: SLF001
     return bridge
 
 
@@ -233,96 +237,14 @@ def relayout_for_speed(model) -> None:
     params = []
     for block in getattr(model, "blocks", []):
         mlp = block.mlp
-        params += [getattr(mlp, n) for n in ("W_gate", "W_in", "W_out") if hasattr(mlp, n)]
-    if hasattr(model, "unembed"):
-        params.append(model.unembed.W_U)
+        params += [p for p in (getattr(mlp, n, None) for n in ("W_gate", "W_in", "W_out")) if p is not None]
+    unembed = getattr(model, "unembed", None)
+    if unembed is not None:
+        params.append(unembed.W_U)
     with torch.no_grad():
         for p in params:
             if p.dim() == 2 and not p.T.is_contiguous():
                 p.data = p.data.T.contiguous().T
-
-
-# ----------------------------------------------------------------------------------------------------
-# The tiny random model: a real HF Llama checkpoint on disk, so every code path (HF directory loading,
-# the fast rollout engine, parity checks) is exercised by the unit tests too.
-
-
-def tiny_tokenizer():
-    """A byte-level tokenizer (256 bytes + 3 ChatML specials) with a ChatML chat template."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    template = (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
-        "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        chat_template=template,
-        model_max_length=4096,
-        add_bos_token=False,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def tiny_hf_model(cfg: TinyConfig = TinyConfig()):
-    """The seeded random ``LlamaForCausalLM`` behind ``load_model("tiny")``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.d_model // cfg.n_heads,
-        max_position_embeddings=cfg.n_ctx,
-        rope_theta=cfg.rope_theta,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        architectures=["LlamaForCausalLM"],
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):  # random norm scales so that folding them is non-trivial
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(cfg.init_std * torch.randn(p.shape, generator=gen))
-    return model.eval(), tok
-
-
-def tiny_checkpoint(cfg: TinyConfig = TinyConfig()) -> Path:
-    """Write (once, atomically) the tiny model as an HF checkpoint directory and return its path."""
-    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    directory = cache_dir() / "checkpoints" / f"tiny-random-{digest}"
-    marker = directory / "steerinterp_manifest.json"
-    if marker.is_file():
-        return directory
-    model, tok = tiny_hf_model(cfg)
-    with atomic_dir(directory) as tmp:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / "steerinterp_manifest.json").write_text(json.dumps(asdict(cfg)))
-    return directory
 
 
 def load_finetuned(path: str | os.PathLike, base: str | os.PathLike | None = None, **load_kwargs):
@@ -336,7 +258,7 @@ def load_finetuned(path: str | os.PathLike, base: str | os.PathLike | None = Non
     path = Path(path)
     file = path / "weights.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise ModelLoadError(f"no fine-tuned weights at {file}; give the 'final' directory of a --parametrisation full run")
+        raise ModelLoadError(f"no fine-tuned weights at {file}; give the 'final' directory of a run with parametrisation='full'")
     tensors = load_file(str(file))
     model = load_model(base, **load_kwargs)
     params = dict(model.named_parameters())
@@ -348,4 +270,7 @@ def load_finetuned(path: str | os.PathLike, base: str | os.PathLike | None = Non
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t.to(params[name].device, params[name].dtype))
+    spec = model_spec(model)
+    if spec is not None:
+        record_model_spec(model, replace(spec, finetuned=str(path)))
     return model

@@ -1,6 +1,6 @@
 """A self-contained HTML report: sections of text, tables and plotly figures, plotly.js inlined once.
 
-``render_report`` only builds the page (a string); ``write_report`` writes it. The page loads nothing
+``render_report`` only builds the page (a string); ``RunDir.write_report`` writes it. The page loads nothing
 from the network: plotly.js is embedded, figures are JSON drawn by ``Plotly.newPlot`` on load.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 0 auto; max-width: 1100px;
@@ -71,11 +70,3 @@ def render_report(title: str, sections: list[Section], *, subtitle: str = "", fl
         f"<nav>{nav}</nav>", *body,
         f"<script>{draw}</script>", f"<!-- steerinterp report: {json.dumps({'figures': n_fig})} -->",
         "</body></html>"])
-
-
-def write_report(path, page: str) -> Path:
-    """Write a rendered page (``render_report``) to ``path`` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path

@@ -1,0 +1,51 @@
+"""The prelude every example script shares: its flags, threads, output folder and model.
+
+    ap = example_parser(__doc__, HERE)               # --out (HERE/results), --threads (2), --model (embedded)
+    ap.add_argument("--vectors", default=str(VECTORS))
+    ex = start_example(ap)                           # parses, sets threads, makes --out, loads the model
+    vecs = ex.load_vectors(ex.args.vectors)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def example_parser(doc: str | None, here: Path, *, out: str = "results", threads: int = 2) -> argparse.ArgumentParser:
+    """An argument parser with the flags every example has: ``--out``, ``--threads``, ``--model``."""
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    ap.add_argument("--out", default=str(Path(here) / out), help="where results are written")
+    ap.add_argument("--threads", type=int, default=threads, help="torch threads")
+    ap.add_argument("--model", default=None, help="embedded (default), tiny, a checkpoint directory or a TL name")
+    return ap
+
+
+@dataclass
+class Example:
+    """What ``start_example`` set up: the parsed flags, the output folder and the loaded model."""
+
+    args: argparse.Namespace
+    out: Path
+    model: Any
+
+    def load_vectors(self, path, **kwargs):
+        """A saved ``SteeringSet`` checked against (and moved to) the model."""
+        from steerinterp.steering import SteeringSet
+
+        return SteeringSet.load(path, model=self.model, **kwargs)
+
+
+def start_example(parser: argparse.ArgumentParser, argv=None, *, load_model: bool = True) -> Example:
+    """Parse the flags, set torch's threads, create ``--out``, and load ``--model`` (unless told not to)."""
+    import torch
+
+    from steerinterp.models import load_model as load
+
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return Example(args, out, load(args.model) if load_model else None)

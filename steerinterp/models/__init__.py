@@ -1,0 +1,27 @@
+"""Models: loading any checkpoint as a TransformerLens model, the tiny test model, the embedded GGUF, chat.
+
+This room imports nothing from generation, rl, analysis, sae or app.
+
+    loading.py  load_model (embedded / tiny / local HF directory / TransformerLens name; hooked or bridge),
+                load_finetuned, load_model_from_spec, relayout_for_speed
+    tiny.py     TinyConfig and the seeded random Llama checkpoint behind load_model("tiny")
+    gguf.py     the embedded SmolLM2 GGUF -> a cached HF checkpoint (dequantise, unpermute q/k, tokenizer)
+    chat.py     chat_prompts and the papers' system prompt
+"""
+
+from steerinterp.models.chat import PAPER_SYSTEM_PROMPT, chat_prompts
+from steerinterp.models.loading import (
+    EMBEDDED,
+    TINY,
+    default_device,
+    load_finetuned,
+    load_model,
+    load_model_from_spec,
+    relayout_for_speed,
+)
+from steerinterp.models.tiny import TinyConfig, tiny_checkpoint, tiny_hf_model, tiny_tokenizer
+
+__all__ = [
+    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "chat_prompts", "default_device", "load_finetuned",
+    "load_model", "load_model_from_spec", "relayout_for_speed", "tiny_checkpoint", "tiny_hf_model", "tiny_tokenizer",
+]
