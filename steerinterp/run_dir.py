@@ -17,10 +17,16 @@ names. Runs written before ``run.json`` held the record (a train run's ``config.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
+import re
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +58,8 @@ class RunRecord:
     verifier: str | None = None
     seed: int = 0
     config: dict = field(default_factory=dict)
+    task_digest: str | None = None  # steerinterp.tasks.spec.task_digest: the problems and how they are scored
+    model_fingerprint: str | None = None  # steerinterp.types.model_fingerprint: the weights
     library_version: str = field(default_factory=_version)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -65,7 +73,14 @@ class RunRecord:
         model = ModelSpec.from_dict(d["model"]) if isinstance(d.get("model"), dict) else None
         return cls(kind=d.get("kind", "train"), model=model, task=d.get("task"), task_name=d.get("task_name", ""),
                    verifier=d.get("verifier"), seed=int(d.get("seed", 0)), config=dict(d.get("config") or {}),
+                   task_digest=d.get("task_digest"), model_fingerprint=d.get("model_fingerprint"),
                    library_version=d.get("library_version", "?"), created=d.get("created", ""))
+
+
+def _file_stem(name: str) -> str:
+    """A file-name-safe form of an analysis or table name (the name itself when it is already safe)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)).strip(".") or "_"
+    return safe if safe == name else f"{safe[:40]}-{hashlib.sha256(str(name).encode()).hexdigest()[:8]}"
 
 
 class RunDir:
@@ -79,6 +94,7 @@ class RunDir:
     SUMMARY = "summary.txt"
     ANALYSIS = "analysis"
     REPORT = "report.html"
+    LOCK = ".lock"
     _LEGACY_VECTORS = "vectors"  # demo runs before RunDir
     _LEGACY_CONFIG = "config.json"  # train runs before RunDir
 
@@ -137,6 +153,32 @@ class RunDir:
     def make(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[RunDir]:
+        """Hold the run's write lock for the block: one writer per run directory. A second writer (another
+        process, or another trainer in this one) is refused at once; the lock goes with the process."""
+        self.make()
+        handle = open(self.path / self.LOCK, "a+")  # noqa: SIM115 - held for the block
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SteerInterpError(f"{self.path} is being written by another run (pid "
+                                       f"{self._lock_owner() or '?'}); wait for it or choose another directory") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield self
+        finally:
+            handle.close()  # releases the lock
+
+    def _lock_owner(self) -> str:
+        try:
+            return (self.path / self.LOCK).read_text().strip()
+        except OSError:
+            return ""
 
     def clear(self) -> None:
         """Delete what a run wrote here (only the run's own names; other files stay)."""
@@ -258,14 +300,15 @@ class RunDir:
         index = {}
         with atomic_dir(self.analysis_dir) as tmp:
             for name, f in findings.items():
+                stem = _file_stem(name)
                 tables = {}
                 for tname, frame in f.get("tables", {}).items():
-                    file = f"{name}-{tname}.csv"
+                    file = f"{stem}-{_file_stem(tname)}.csv"
                     frame.to_csv(tmp / file, index=False)
                     tables[tname] = file
                 figures = []
                 for i, fig in enumerate(f.get("figures", [])):
-                    file = f"{name}-figure{i}.json"
+                    file = f"{stem}-figure{i}.json"
                     (tmp / file).write_text(fig.to_json(), encoding="utf-8")
                     figures.append(file)
                 index[name] = {"note": f.get("note", ""), "seconds": f.get("seconds", 0.0), "tables": tables,

@@ -109,3 +109,21 @@ def model_spec(model: Any) -> ModelSpec | None:
         return _SPECS.get(model)
     except TypeError:
         return None
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short digest of a model's weights (names, shapes, dtypes and an evenly spaced sample of values).
+
+    Two models with the same architecture but other weights (another checkpoint, a fine-tuned variant)
+    get different fingerprints; computing it reads a few thousand values per tensor, not the whole model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step][:4096].to("cpu", torch.float64)
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]

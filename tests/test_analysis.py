@@ -393,3 +393,20 @@ def test_single_layer_views_keep_hook_scale_and_positions(tiny64, batch64):
     with pytest.raises(SteerInterpError, match="two vectors in block 1"):
         A.persistence(tiny64, batch64, si.SteeringSet([si.SteeringVector(s, "blocks.1.hook_mlp_out"),
                                                         si.SteeringVector(s, "blocks.1.hook_resid_post")]))
+
+
+def test_batches_longer_than_the_context_are_a_clear_error(tiny):
+    n_ctx = tiny.cfg.n_ctx
+    n_prompt = len(tiny.tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"])
+    long = "b" * (n_ctx - n_prompt + 1)  # one token per byte of plain text
+    with pytest.raises(SteerInterpError, match=f"^{n_ctx + 1} tokens exceed the model's context of {n_ctx} \\(prompt 1: ") as e:
+        A.teacher_forcing_batch(tiny, PROMPTS, [COMPLETIONS[0], long])
+    assert "\n" not in str(e.value)
+    fits = A.teacher_forcing_batch(tiny, PROMPTS, [COMPLETIONS[0], long[:-1]])  # exactly n_ctx tokens
+    assert int(fits.attention_mask.sum(-1).max()) == n_ctx
+    assert A.as_batch(fits, tiny) is fits
+    grown = A.Batch(*(torch.cat([t, t[:, -1:]], 1) for t in (fits.tokens, fits.attention_mask, fits.prompt_mask,
+                                                                fits.completion_mask)))
+    with pytest.raises(SteerInterpError, match=f"^{n_ctx + 1} tokens exceed the model's context of {n_ctx} \\(row 1 "):
+        A.as_batch(grown, tiny)
+    assert A.as_batch(grown) is grown  # without a model there is no context to check

@@ -24,9 +24,17 @@ def _run(args):
         (["train", "--model", "tiny", "--task", "arithmetic:add1:overlap", "--out", "{tmp}/f"], "unknown split 'overlap'"),
         (["generate", "hi", "--model", "tiny", "--vectors", "{tmp}/missing"], "no steering file"),
         (["eval", "--model", "tiny", "--finetuned", "{tmp}/nothing"], "no fine-tuned weights"),
+        (["train", "--model", "tiny", "--temperature", "0", "--out", "{tmp}/h"], "temperature must be > 0"),
+        (["train", "--model", "tiny", "--max-grad-norm", "0", "--out", "{tmp}/i"], "max_grad_norm must be > 0"),
+        (["train", "--model", "tiny", "--max-grad-norm", "-1", "--out", "{tmp}/j"], "[--max-grad-norm]"),
+        (["train", "--model", "tiny", "--threads", "-1", "--out", "{tmp}/k"], "--threads: must be >= 1"),
+        (["train", "--model", "tiny", "--out", "{tmp}/a_file"], "is a file, not a run directory"),
+        (["train", "--model", "tiny", "--group-size", "two", "--out", "{tmp}/l"], "invalid"),
+        (["analyze", "{tmp}"], "holds no run record"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, message):
+    (tmp_path / "a_file").write_text("not a directory")
     proc = _run([a.format(tmp=tmp_path) for a in args])
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()

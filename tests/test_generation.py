@@ -261,3 +261,24 @@ def test_prompt_length_must_separate_prompt_from_completion(tiny):
     cm = torch.tensor([[0, 0, 1, 1, 1]]).bool()
     with pytest.raises(SteerInterpError, match="prompt_length=3"):
         si.teacher_forced_logprobs(tiny, toks, cm, prompt_length=3)
+
+
+@pytest.mark.parametrize("prompt_length", [None, 100])
+def test_sequences_longer_than_the_context_are_a_clear_error(tiny, prompt_length):
+    n_ctx = tiny.cfg.n_ctx
+    vecs = si.SteeringSet.zeros(tiny, [2])
+    toks = torch.randint(3, 200, (2, n_ctx + 44), generator=torch.Generator().manual_seed(0))
+    cm = torch.zeros_like(toks, dtype=torch.bool)
+    cm[:, 100:] = True
+    with pytest.raises(SteerInterpError, match=f"^{n_ctx + 44} tokens exceed the model's context of {n_ctx} ") as err:
+        si.teacher_forced_logprobs(tiny, toks, cm, vecs, prompt_length=prompt_length)
+    assert "\n" not in str(err.value)
+    # left padding takes no position: a batch wider than the context runs when every row fits
+    mask = torch.ones_like(toks)
+    mask[0, :44] = 0
+    with pytest.raises(SteerInterpError, match=f"^{n_ctx + 44} tokens exceed .* \\(row 1\\)"):
+        si.teacher_forced_logprobs(tiny, toks, cm, vecs, attention_mask=mask, prompt_length=prompt_length)
+    mask[1, :44] = 0
+    cm &= mask.bool()
+    lp = si.teacher_forced_logprobs(tiny, toks, cm, vecs, attention_mask=mask, prompt_length=prompt_length)
+    assert lp.shape == toks.shape and torch.isfinite(lp).all()

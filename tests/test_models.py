@@ -56,23 +56,78 @@ def test_local_checkpoint_directory_with_llama_in_its_name(tmp_path, tiny):
         assert torch.allclose(model(toks), tiny(toks), atol=1e-6)
 
 
-def test_relayout_is_bit_identical(tiny):
+def _plain_forward(model, toks):
+    """Logits from TransformerLens's own MLP / unembed forwards (which copy W.T.contiguous() every call)."""
+    from transformer_lens.components import GatedMLP, Unembed
+
+    mods = [b.mlp for b in model.blocks] + [model.unembed]
+    classes = [type(m) for m in mods]
+    try:
+        for m in mods:
+            m.__class__ = GatedMLP if isinstance(m, GatedMLP) else Unembed
+        with torch.no_grad():
+            return model(toks)
+    finally:
+        for m, c in zip(mods, classes):
+            m.__class__ = c
+
+
+def test_relayout_keeps_transformer_lens_layout_and_follows_every_edit():
+    from transformer_lens.components import GatedMLP, Unembed
+
     from steerinterp.models import relayout_for_speed
 
     model = si.load_model("tiny", device="cpu")
-    toks = torch.tensor([[257, 72, 101, 108]])
-    # undo the layout: contiguous storage, as TransformerLens creates it
-    for b in model.blocks:
-        for n in ("W_gate", "W_in", "W_out"):
-            getattr(b.mlp, n).data = getattr(b.mlp, n).data.contiguous()
-    model.unembed.W_U.data = model.unembed.W_U.data.contiguous()
-    assert not model.blocks[0].mlp.W_gate.T.is_contiguous()
+    assert type(model.blocks[0].mlp) is not GatedMLP and isinstance(model.blocks[0].mlp, GatedMLP)
+    assert isinstance(model.unembed, Unembed)
+    assert all(p.is_contiguous() for p in model.parameters())  # TransformerLens's own layout
+    toks = torch.tensor([[257, 72, 101, 108], [1, 2, 3, 4]])
+
+    def close(a, b):
+        return torch.allclose(a, b, rtol=0, atol=1e-5 * b.abs().max().item())
+
+    plain = _plain_forward(model, toks)
+    with torch.no_grad():
+        assert close(model(toks), plain)  # another BLAS path than TransformerLens's: equal to rounding
+        assert close(model(toks[:1, :1]), _plain_forward(model, toks[:1, :1]))  # decode-shaped input
+        relayout_for_speed(model)  # idempotent
+        assert close(model(toks), plain)
+    # no cached copy of a weight exists: in-place edits, also through .data (no version bump), are seen at once
+    with torch.no_grad():
+        model.W_U[:, 5] += 1.0
+        model.blocks[1].mlp.W_in.data.mul_(1.5)
+        model.blocks[2].mlp.W_out.data.zero_()
+        edited = model(toks)
+    assert not close(edited, plain) and close(edited, _plain_forward(model, toks))
+    model.unembed.W_U.requires_grad_(True)  # gradients flow through the fast forward
+    out = model(toks)
+    out[..., 5].sum().backward()
+    assert close(out.detach(), edited) and model.unembed.W_U.grad is not None
+    model.unembed.W_U.requires_grad_(False)
+    model.to(torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(model(toks), _plain_forward(model, toks), rtol=0, atol=1e-12)
+
+
+def test_state_dict_saves_and_reloads_to_identical_logits(tmp_path):
+    import copy
+
+    from safetensors.torch import load_file, save_file
+
+    model = si.load_model("tiny", device="cpu")
+    toks = torch.tensor([[257, 72, 101, 108, 9]])
     with torch.no_grad():
         before = model(toks)
-        relayout_for_speed(model)
-        after = model(toks)
-    assert model.blocks[0].mlp.W_gate.T.is_contiguous()
-    assert torch.equal(before, after)
+    assert model.W_U.view(-1).shape == (model.cfg.d_model * model.cfg.d_vocab,)
+    assert model.blocks[0].mlp.W_gate.view(-1).numel() == model.cfg.d_model * model.cfg.d_mlp
+    assert set(model.state_dict()) == set(si.load_model("tiny", device="cpu").state_dict())
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    fresh = si.load_model("tiny", device="cpu", tiny=si.models.TinyConfig(seed=3))  # other weights
+    fresh.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(fresh(toks), before)
+        assert torch.equal(clone(toks), before)
 
 
 def test_bad_names_are_clear_errors(tmp_path):

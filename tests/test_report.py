@@ -1,6 +1,7 @@
 """The run analyses, the self-contained HTML report, `steerinterp analyze` / `report`, and the report in a
 real headless Chromium (Debian's), offline: every figure renders, no console errors, no network."""
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,21 @@ from steerinterp.errors import SteerInterpError
 from steerinterp.tasks import arithmetic_task
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def _chromium_page():
+    """A page of Debian's headless Chromium, offline (Playwright drives it; no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -121,29 +137,67 @@ def test_analyses_need_the_last_two_layers(tiny):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
 def test_report_renders_in_headless_chromium_offline(run_dir):
-    from playwright.sync_api import sync_playwright
-
     run, analysis = run_dir
     n_figures = 1 + sum(len(f.figures) for f in analysis.findings.values())
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            problems, requests = [], []
-            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(Path(run / "report.html").resolve().as_uri())
-            page.wait_for_load_state("load")
-            rendered = page.evaluate("Array.from(document.querySelectorAll('div.figure')).map("
-                                     "d => d.classList.contains('js-plotly-plot') && d.querySelectorAll('.main-svg').length > 0"
-                                     " && (d.data || []).length > 0)")
-            tables = page.evaluate("document.querySelectorAll('table.dataframe').length")
-        finally:
-            browser.close()
+    with _chromium_page() as page:
+        problems, requests = [], []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(Path(run / "report.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        rendered = page.evaluate("Array.from(document.querySelectorAll('div.figure')).map("
+                                 "d => d.classList.contains('js-plotly-plot') && d.querySelectorAll('.main-svg').length > 0"
+                                 " && (d.data || []).length > 0)")
+        tables = page.evaluate("document.querySelectorAll('table.dataframe').length")
     assert rendered == [True] * n_figures
     assert tables >= len(ANALYSES)
     assert problems == []
+    assert all(u.startswith("file:") for u in requests), requests
+
+
+PLANTED = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b onmouseover="x()">'
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """A run directory whose every text field the report reads carries markup that would run script."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    run = si.RunDir(tmp_path_factory.mktemp("planted"))
+    run.write_record(si.run_dir.RunRecord(kind="demo", model=si.ModelSpec(name=PLANTED), task=PLANTED, task_name=PLANTED,
+                                          verifier=PLANTED, config={"steps": PLANTED}))
+    run.write_summary(PLANTED)
+    run.write_metrics([{"step": i, "accuracy": 0.5, "reward_mean": 0.0, "example": PLANTED} for i in range(3)])
+    run.write_evaluation(pd.DataFrame({"variant": [PLANTED, "base"], "mode": [PLANTED, "greedy"], "problem": [PLANTED, "p"],
+                                       "correct": [True, False], "completion": [PLANTED, PLANTED]}))
+    fig = go.Figure(go.Bar(x=[PLANTED], y=[1], name=PLANTED, text=[PLANTED], hovertext=[PLANTED]))
+    fig.update_layout(title=PLANTED, xaxis_title=PLANTED)
+    run.write_analysis({PLANTED: {"note": PLANTED, "seconds": 0.0, "tables": {"t": pd.DataFrame({PLANTED: [PLANTED]})},
+                                  "figures": [fig]}})
+    run.write_report(build_report(run, title=PLANTED))
+    return run
+
+
+def test_planted_markup_is_escaped_in_the_page(planted_run):
+    body = planted_run.report_path.read_text().split("</head>", 1)[1]
+    assert "<script>window.__pwned" not in body and "<img src=x" not in body and "<b onmouseover" not in body
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+def test_no_script_from_the_data_runs_in_chromium(planted_run):
+    with _chromium_page() as page:
+        dialogs, requests = [], []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(planted_run.report_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        for el in page.query_selector_all("svg text, td, th, p, pre, h1, h2"):  # hover everything the data wrote
+            with contextlib.suppress(Exception):
+                el.hover(timeout=200)
+        pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
+        drawn = page.evaluate("document.querySelectorAll('div.figure .main-svg').length")
+    assert pwned is None and dialogs == []
+    assert drawn >= 2  # the figures were drawn (the planted text is shown as text)
     assert all(u.startswith("file:") for u in requests), requests

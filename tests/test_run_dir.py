@@ -212,3 +212,34 @@ def test_diff_sae_refuses_differences_that_are_all_zero(tiny):
     d = S.collect_differences(tiny, gens, vecs, [2])["blocks.2.hook_resid_post"]
     with pytest.raises(SteerInterpError, match="every difference at blocks.2.hook_resid_post is zero"):
         S.train_diff_sae(d)
+
+
+def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    import pandas as pd
+
+    run = RunDir(tmp_path / "R")
+    run.write_summary("old")
+    run.write_record(si.run_dir.RunRecord(kind="train", model=None, task="arithmetic:add1", task_name="x"))
+    run.write_analysis({"a": {"note": "old", "tables": {"t": pd.DataFrame({"x": [1]})}, "figures": []}})
+    before = sorted(p.name for p in run.path.rglob("*"))
+
+    def full_disk(fd):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    for write in (lambda: run.write_summary("new"), lambda: run.write_metrics([{"step": 0}]),
+                  lambda: run.write_report("<html>"), lambda: run.write_record(run.record())):
+        with pytest.raises(OSError, match="no space"):
+            write()
+    monkeypatch.undo()
+
+    class Broken:
+        def to_json(self):
+            raise RuntimeError("figure failed half-way")
+
+    with pytest.raises(RuntimeError):
+        run.write_analysis({"b": {"note": "new", "tables": {"t": pd.DataFrame({"x": [2]})}, "figures": [Broken()]}})
+    assert run.summary() == "old\n" and run.record().task == "arithmetic:add1"
+    assert list(run.analysis_index()) == ["a"] and sorted(p.name for p in run.path.rglob("*")) == before

@@ -359,6 +359,64 @@ def test_attribution_terms_add_up_to_gradient_times_input_and_leave_the_output_u
     assert r.to_frame(5)["term"].tolist()[-3:] == ["error", "bias", "reference"] and r.plot().data
 
 
+NORMALISATIONS = ["none", "expected_average_only_in", "layer_norm", "constant_norm_rescale", "covariance_whitening"]
+
+
+def _expected_decoder_offset(sae, x):
+    """decode(0) by hand: b_dec through sae-lens's run-time output normalisation of this input."""
+    b = sae.b_dec.detach()
+    norm = sae.cfg.normalize_activations
+    if norm == "layer_norm":  # in: (x - mu) / (std + eps); out: y * std + mu
+        mu = x.mean(-1, keepdim=True)
+        return b * (x - mu).std(-1, keepdim=True) + mu
+    if norm == "constant_norm_rescale":  # in: x * sqrt(d) / |x|; out: y * |x| / sqrt(d)
+        return b * x.norm(dim=-1, keepdim=True) / sae.cfg.d_in ** 0.5
+    return b.expand_as(x)  # none, expected_average_only_in, covariance_whitening: identity at run time
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk"])
+@pytest.mark.parametrize("normalize", NORMALISATIONS)
+def test_attribution_identity_holds_for_every_sae_lens_normalisation(tiny64, batch64, normalize, arch):
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    model, hook = tiny64, "blocks.2.hook_resid_post"
+    d = model.cfg.d_model
+    g = torch.Generator().manual_seed(1)
+    if arch == "standard":
+        sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=3 * d, dtype="float64", normalize_activations=normalize))
+    else:
+        sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=3 * d, k=8, dtype="float64", normalize_activations=normalize,
+                                    rescale_acts_by_decoder_norm=True))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d, 3 * d, generator=g, dtype=torch.float64) / d ** 0.5)
+        sae.W_dec.copy_(torch.randn(3 * d, d, generator=g, dtype=torch.float64) / d ** 0.5)
+        sae.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64))
+        sae.b_enc.copy_(torch.randn(3 * d, generator=g, dtype=torch.float64) * 0.1)
+    sae.cfg.metadata.hook_name = hook
+    metric = A.completion_logprob_metric()
+    r = S.sae_feature_attribution(model, batch64, sae, metric, batch_size=2)
+    assert r.output_change < 1e-10  # the splice leaves the output unchanged
+    parts = r.attribution.sum(1) + r.error + r.bias + r.reference
+    assert torch.allclose(parts, r.grad_x_input, atol=1e-9, rtol=1e-9)
+    assert (r.attribution != 0).any() and (r.reference == 0).all()
+    # oracle: the gradient at the hook by a plain hook, and decode(0) written out for the normalisation
+    grabbed = {}
+
+    def grab(act, hook):
+        act = act.detach().requires_grad_(True)
+        grabbed["x"] = act
+        return act
+
+    with si.steering.add_hooks(model, [(hook, grab)]):
+        metric(model(batch64.tokens, attention_mask=batch64.attention_mask), batch64).sum().backward()
+    x, m = grabbed["x"], batch64.attention_mask[..., None].double()
+    assert torch.allclose((x * x.grad * m).sum((1, 2)), r.grad_x_input, atol=1e-9)
+    expected_bias = (_expected_decoder_offset(sae, x.detach()) * x.grad * m).sum((1, 2))
+    assert torch.allclose(r.bias, expected_bias, atol=1e-9, rtol=1e-9)
+    if normalize in ("layer_norm", "constant_norm_rescale"):  # the plain b_dec . grad term would be wrong
+        assert not torch.allclose(r.bias, (sae.b_dec.detach() * x.grad * m).sum((1, 2)), atol=1e-3)
+
+
 def test_attribution_errors(tiny64, batch64):
     sae = _relu_sae(tiny64.cfg.d_model, 8, hook="")
     with pytest.raises(SteerInterpError, match="which hook"):

@@ -300,3 +300,22 @@ def test_prototype_reference_script_trains_on_the_tiny_model():
     assert len(df) == 2 and len(seen) == 2 and (df["completion_len"] > 0).all()
     assert all(p.grad is None for p in hf.parameters())
     assert all(len(layer._forward_hooks) == 0 for layer in hf.model.layers)
+
+
+def test_each_sample_is_verified_once(tiny, monkeypatch):
+    from steerinterp.tasks import arithmetic_task
+
+    task = arithmetic_task("add1")
+    calls = {"score": 0, "reward": 0, "is_correct": 0}
+    real_score = type(task).score
+
+    def counting(name):
+        def fn(self, *a, **k):
+            calls[name] += 1
+            return real_score(self, *a, **k) if name == "score" else pytest.fail(f"{name} called by the trainer")
+        return fn
+
+    for name in calls:
+        monkeypatch.setattr(type(task), name, counting(name))
+    Trainer(tiny, task, _cfg(steps=1, group_size=2, prompts_per_step=3), progress=False).train()
+    assert calls == {"score": 6, "reward": 0, "is_correct": 0}

@@ -13,6 +13,7 @@ from steerinterp.analysis.batch import Batch, as_batch, paired_caches, teacher_f
 from steerinterp.analysis.block_patching import BlockPatchingResult, Patch, block_patching, standard_patches
 from steerinterp.analysis.composition import CompositionResult, combine, compose_pairs, normalised_gain
 from steerinterp.analysis.language import LanguageResult, language_shares, token_script
+from steerinterp.analysis.logit_attribution import LogitAttributionResult, logit_attribution
 from steerinterp.analysis.logit_lens import LogitLensResult, vector_logit_lens
 from steerinterp.analysis.patched_generation import PatchedAccuracyResult, PatchedEngine, patched_accuracy
 from steerinterp.analysis.path_patching import (
@@ -52,4 +53,5 @@ __all__ = [
     "patched_accuracy", "PatchedAccuracyResult", "PatchedEngine",
     "attention_diff", "AttentionDiffResult", "route_attribution", "RouteResult",
     "path_patch", "Node", "PathPatchingResult", "token_logprob_metric", "completion_logprob_metric",
+    "logit_attribution", "LogitAttributionResult",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from steerinterp.analysis.batch import as_batch, steering_context, token_strings
+from steerinterp.analysis.batch import as_batch, run_cached, token_strings
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.segments import boundaries, token_segments
 from steerinterp.errors import SteerInterpError
@@ -85,16 +85,14 @@ def adaptive_magnitudes(model, inputs, adaptive, *, batch_size: int = 8) -> Adap
 
     if not isinstance(adaptive, AdaptiveSteering):
         raise SteerInterpError("adaptive_magnitudes needs an AdaptiveSteering (rank-1, token-wise)")
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     layers = adaptive.layers
     names = [f"blocks.{x}.mlp.hook_post" for x in layers] + [f"blocks.{x}.hook_mlp_out" for x in layers]
     special = set(getattr(model.tokenizer, "all_special_tokens", []))
     parts = []
     for start in range(0, len(batch), batch_size):
         chunk = batch.rows(slice(start, start + batch_size))
-        with steering_context(model, adaptive, chunk):
-            _, cache = model.run_with_cache(chunk.tokens, attention_mask=chunk.attention_mask, names_filter=names,
-                                            return_type=None)
+        _, cache = run_cached(model, chunk, adaptive, names)
         for r in range(len(chunk)):
             real = chunk.attention_mask[r].bool()
             ids = chunk.tokens[r][real]

@@ -14,8 +14,9 @@ block's activations from the base run while the residual stream keeps ``s``:
 * ``path="mlp"`` / ``"resid"``: the patched attention output reaches only the MLP (the residual keeps
   the steered attention output), or only the residual stream (the MLP sees the steered one).
 
-All patches of a sweep run in one batched forward of the patched block and the blocks after it,
-starting from the steered residual at the block's input (the blocks before run once).
+The patches of a sweep run as stacked copies of the batch through the patched block and the blocks
+after it, starting from the steered residual at the block's input (the blocks before run once),
+``patch_chunk`` patches per forward so that memory stays bounded.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_context
+from steerinterp.analysis.batch import Batch, as_batch, budget_rows, rows_per_forward, run_blocks
 from steerinterp.analysis.readout import final_logprobs
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.tokens import token_ids
 from steerinterp.errors import SteerInterpError
 from steerinterp.steering.protocol import as_steering
-from steerinterp.steering.vectors import add_hooks
 
 PATHS = ("both", "mlp", "resid")
 
@@ -195,33 +195,61 @@ def _repeat(batch: Batch, n: int) -> Batch:
     return Batch(*(t.repeat(n, 1) for t in (batch.tokens, batch.attention_mask, batch.prompt_mask, batch.completion_mask)))
 
 
+@dataclass
+class BlockSources:
+    """What every patch of one block reads, for one chunk of sequences: the base and the unpatched steered
+    run's activations of the block (``z, q, k, v, attn_out, mlp_out``), the steered residual entering it
+    and the base run's final residual."""
+
+    base: dict[str, torch.Tensor]
+    steered: dict[str, torch.Tensor]
+    h_in: torch.Tensor
+    base_final: torch.Tensor
+
+
 @torch.no_grad()
-def patched_final_residuals(model, batch: Batch, steering, patches: Sequence[Patch], layer: int):
-    """Final-block residuals for every patch ([P, B, pos, d_model]), one batched forward from ``layer``."""
+def block_sources(model, batch: Batch, steering, layer: int) -> BlockSources:
+    """The base run (all blocks) and the steered run up to the patched block, caching only what patches read."""
     sources = [block_hook(layer, k) for k in SOURCE_KEYS]
-    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     resid_pre = f"blocks.{layer}.hook_resid_pre"
-    _, base = run_cached(model, batch, None, sources + [final])
-    _, steered = run_cached(model, batch, steering, sources + [resid_pre])
-    h_in = steered[resid_pre]  # the steered residual entering the patched block
-    live = [p for p in patches if not p.base_run]
-    out = torch.empty((len(patches),) + base[final].shape, dtype=base[final].dtype, device=base[final].device)
-    if live:
-        hooks = PatchHooks(layer, live)
-        hooks.set_sources({k: base[block_hook(layer, k)] for k in SOURCE_KEYS},
-                          {k: steered[block_hook(layer, k)] for k in SOURCE_KEYS})
-        stacked = _repeat(batch, len(live))
-        with steering_context(model, steering, stacked), add_hooks(model, hooks.hooks()):
-            resid = model(h_in.repeat(len(live), 1, 1), start_at_layer=layer, tokens=stacked.tokens,
-                          attention_mask=stacked.attention_mask, stop_at_layer=model.cfg.n_layers)
-        resid = resid.reshape(len(live), len(batch), *resid.shape[1:])
-    k = 0
+    base_final, base = run_blocks(model, batch, None, sources)
+    _, steered = run_blocks(model, batch, steering, sources + [resid_pre], stop=layer + 1)
+    return BlockSources({k: base[block_hook(layer, k)] for k in SOURCE_KEYS},
+                        {k: steered[block_hook(layer, k)] for k in SOURCE_KEYS}, steered[resid_pre], base_final)
+
+
+@torch.no_grad()
+def patched_finals(model, batch: Batch, steering, patches: Sequence[Patch], layer: int, src: BlockSources,
+                   patch_chunk: int | None = None):
+    """Yield ``(index in patches, final residuals [B, pos, d_model])``: the patches run ``patch_chunk`` at a
+    time (default: as many stacked copies as ``budget_rows`` allows) as one forward from ``layer``."""
+    live = [(i, p) for i, p in enumerate(patches) if not p.base_run]
     for i, p in enumerate(patches):
         if p.base_run:
-            out[i] = base[final]
-        else:
-            out[i] = resid[k]
-            k += 1
+            yield i, src.base_final
+    per_forward = patch_chunk or max(1, budget_rows(model, batch.tokens.shape[1]) // len(batch))
+    for c0 in range(0, len(live), per_forward):
+        group = live[c0 : c0 + per_forward]
+        hooks = PatchHooks(layer, [p for _, p in group])
+        hooks.set_sources(src.base, src.steered)
+        stacked = _repeat(batch, len(group))
+        resid, _ = run_blocks(model, stacked, steering, hooks=hooks.hooks(), start=layer,
+                              resid=src.h_in.repeat(len(group), 1, 1))
+        resid = resid.reshape(len(group), len(batch), *resid.shape[1:])
+        for k, (i, _) in enumerate(group):
+            yield i, resid[k]
+        del resid, hooks
+
+
+@torch.no_grad()
+def patched_final_residuals(model, batch: Batch, steering, patches: Sequence[Patch], layer: int, *,
+                            patch_chunk: int | None = None):
+    """Final-block residuals for every patch ([P, B, pos, d_model]): the blocks before ``layer`` run once,
+    then ``patch_chunk`` patches per stacked forward from ``layer`` (default: as many as ``budget_rows`` allows)."""
+    src = block_sources(model, batch, steering, layer)
+    out = torch.empty((len(patches),) + src.base_final.shape, dtype=src.base_final.dtype, device=src.base_final.device)
+    for i, final in patched_finals(model, batch, steering, patches, layer, src, patch_chunk):
+        out[i] = final
     return out
 
 
@@ -286,20 +314,27 @@ def patch_figure(values: dict, prefix: str, ytitle: str, title: str):
 
 @torch.no_grad()
 def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = None, *, layer: int | None = None,
-                   positions: str = "first", track: Sequence[str | int] = (), batch_size: int = 4,
-                   max_positions: int = 64) -> BlockPatchingResult:
+                   positions: str = "first", track: Sequence[str | int] = (), batch_size: int | None = None,
+                   max_positions: int = 64, patch_chunk: int | None = None, position_chunk: int = 128) -> BlockPatchingResult:
     """Token-level effect of each patch of the block after the steered layer (float64 KL, dp).
 
     ``positions``: ``"first"`` (the first generated token), ``"completion"`` or ``"all"``. Besides the
     means, ``kl_by_position`` keeps KL(patched || base) per completion position (0 = the first generated
     token, up to ``max_positions``).
+
+    Memory: ``batch_size`` sequences at a time (default: ``rows_per_forward``), ``patch_chunk`` patches per
+    stacked forward (default: as many as ``budget_rows`` allows); only the chosen positions' final
+    residuals are kept, and the float64 read-outs run ``position_chunk`` positions at a time. None of
+    them changes a value beyond float64 summation order.
     """
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     layer = check_layer(model, steering, layer)
     patches = standard_patches(model) if patches is None else list(patches)
     names = [p.name for p in patches]
     if len(set(names)) != len(names):
         raise SteerInterpError("two patches share a name; give each a distinct name")
+    if position_chunk < 1:
+        raise SteerInterpError(f"position_chunk must be >= 1, got {position_chunk}")
     tracked = token_ids(model, track)
     n_p = len(patches)
     kl_b = torch.zeros(n_p, dtype=torch.float64)
@@ -308,25 +343,39 @@ def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = No
     by_pos = torch.zeros(n_p, max_positions, dtype=torch.float64)  # KL(patched || base) per completion position
     pos_count = torch.zeros(max_positions, dtype=torch.float64)
     n = 0
-    steer_patch = [Patch("__steered__"), Patch("__base__", base_run=True)]
-    for start in range(0, len(batch), batch_size):
-        chunk = batch.rows(slice(start, start + batch_size))
+    all_patches = [Patch("__steered__"), Patch("__base__", base_run=True)] + patches
+    step = rows_per_forward(model, batch, batch_size)
+    for start in range(0, len(batch), step):
+        chunk = batch.rows(slice(start, start + step))
         sel = chunk.positions(positions)
-        n += int(sel.sum())
+        n_sel = int(sel.sum())
+        n += n_sel
         rel = (chunk.predicting_mask.long().cumsum(-1) - 1)[sel].clamp(min=0).cpu()  # 0 = the first generated token
         keep = rel < max_positions
         pos_count += torch.bincount(rel[keep], minlength=max_positions).double()
-        finals = patched_final_residuals(model, chunk, steering, steer_patch + patches, layer)
-        lp_steer = final_logprobs(model, finals[0][sel])
-        lp_base = final_logprobs(model, finals[1][sel])
-        for i in range(n_p):
-            lp = final_logprobs(model, finals[i + 2][sel])
-            kl_tok = (lp.exp() * (lp - lp_base)).sum(-1).cpu()
-            kl_b[i] += kl_tok.sum()
-            by_pos[i] += torch.bincount(rel[keep], weights=kl_tok[keep], minlength=max_positions)
-            kl_s[i] += (lp_steer.exp() * (lp_steer - lp)).sum().cpu()
-            for j, tok in enumerate(tracked.values()):
-                dp[i, j] += (lp[:, tok].exp() - lp_base[:, tok].exp()).sum().cpu()
+        src = block_sources(model, chunk, steering, layer)
+        picked = None  # [2 + P, n_sel, d_model]: the final residual of every patch at the chosen positions
+        for i, final in patched_finals(model, chunk, steering, all_patches, layer, src, patch_chunk):
+            if picked is None:
+                picked = final.new_empty((len(all_patches), n_sel, final.shape[-1]))
+            picked[i] = final[sel]
+        del src
+        for c in range(0, n_sel, position_chunk):
+            cs = slice(c, c + position_chunk)
+            rel_c, keep_c = rel[cs], keep[cs]
+            lp_steer = final_logprobs(model, picked[0, cs])
+            lp_base = final_logprobs(model, picked[1, cs])
+            for i in range(n_p):
+                lp = final_logprobs(model, picked[i + 2, cs])
+                kl_tok = (lp.exp() * (lp - lp_base)).sum(-1).cpu()
+                kl_b[i] += kl_tok.sum()
+                by_pos[i] += torch.bincount(rel_c[keep_c], weights=kl_tok[keep_c], minlength=max_positions)
+                kl_s[i] += (lp_steer.exp() * (lp_steer - lp)).sum().cpu()
+                for j, tok in enumerate(tracked.values()):
+                    dp[i, j] += (lp[:, tok].exp() - lp_base[:, tok].exp()).sum().cpu()
+                del lp
+            del lp_steer, lp_base
+        del picked
     if n == 0:
         raise SteerInterpError("no positions selected")
     used = int((pos_count > 0).nonzero().max()) + 1 if (pos_count > 0).any() else 0

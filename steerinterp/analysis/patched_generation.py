@@ -17,7 +17,7 @@ import torch
 from steerinterp.analysis.block_patching import SOURCE_KEYS, Patch, PatchHooks, block_hook, check_layer, patch_figure
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering.vectors import add_hooks
+from steerinterp.steering.hooks import hooks_applied
 from steerinterp.types import model_device
 
 
@@ -72,7 +72,7 @@ class PatchedEngine:
             return fn
 
         pairs = [(block_hook(self.layer, k), grab(k)) for k in SOURCE_KEYS]
-        with (self._steer() if steered else contextlib.nullcontext()), add_hooks(self.model, pairs):
+        with (self._steer() if steered else contextlib.nullcontext()), hooks_applied(self.model, pairs):
             self.model(ids, attention_mask=new_mask, past_kv_cache=self.caches[which], stop_at_layer=self.layer + 1)
         return got
 
@@ -81,7 +81,7 @@ class PatchedEngine:
         base = self._sources(ids, new_mask, "base", steered=False)
         steered = self._sources(ids, new_mask, "steered", steered=True) if self._need_steered else base
         self.hooks.set_sources(base, steered)
-        with self._steer(), add_hooks(m, self.hooks.hooks()):
+        with self._steer(), hooks_applied(m, self.hooks.hooks()):
             resid = m(ids, attention_mask=new_mask, past_kv_cache=self.caches["patched"], stop_at_layer=m.cfg.n_layers)
         return m.unembed(m.ln_final(resid[:, -1:, :]))[:, 0, :]
 

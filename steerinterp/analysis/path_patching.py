@@ -15,6 +15,12 @@ block l, e.g. where a steering vector enters); receivers ``Node.q(l, h)``, ``Nod
 ``Node.v(l, g)`` (key-value group under GQA), ``Node.mlp_in(l)`` and ``Node.logits()``. Patching a
 receiver's query / key / value (or MLP output) with the value computed from the patched residual is
 patching its input. Many sender sets are swept in one batched forward per step.
+
+Both steps start at the first block a sender (or receiver) sits in, from the reference run's cached
+residual: the blocks before it are the reference run's, the same operations giving the same values.
+The metric reads the logits only at the positions it needs: ``token_logprob_metric`` and
+``completion_logprob_metric`` are ``LogitMetric``s, evaluated from the final residual
+``position_chunk`` positions at a time; any other callable gets the full logits one sequence at a time.
 """
 
 from __future__ import annotations
@@ -24,10 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_context
+from steerinterp.analysis.batch import Batch, as_batch, budget_rows, entering, rows_per_forward, run_blocks, selected_chunks
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
-from steerinterp.steering.vectors import add_hooks
 
 SENDERS = ("z", "mlp", "resid")
 RECEIVERS = ("q", "k", "v", "mlp_in", "logits")
@@ -84,28 +89,71 @@ class Node:
         return f"{self.kind}{self.layer}{idx}"
 
 
-def token_logprob_metric(token: int, positions: str = "first") -> Callable:
+class LogitMetric:
+    """A per-sequence metric that reads the logits at some positions only, so that path patching can
+    unembed just those positions, a chunk at a time: ``value[row] = finish(sum over the row's selected
+    positions of term(logits at the position))``.
+
+    ``select(batch)``: the [batch, pos] mask of the positions read; ``term(logits [n, vocab], batch, rows,
+    positions)``: float64 values [n]; ``finish(sums [batch], batch)`` (default: the sums). Calling the
+    metric on full logits ``[batch, pos, vocab]`` gives the same values (the plain metric interface).
+    """
+
+    def __init__(self, name: str, select: Callable, term: Callable, finish: Callable | None = None):
+        self.__name__ = name
+        self.select, self.term = select, term
+        self.finish = finish if finish is not None else (lambda sums, batch: sums)
+
+    def add(self, sums: torch.Tensor, logits: torch.Tensor, batch: Batch, rows: torch.Tensor, pos: torch.Tensor) -> None:
+        """Add the terms of the positions ``(rows, pos)`` (logits ``[n, vocab]``) to ``sums`` [batch] in place."""
+        sums.index_add_(0, rows.to(sums.device), self.term(logits, batch, rows, pos).to(sums.device, torch.float64))
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        mask = self.select(batch).to(logits.device)
+        rows, pos = mask.nonzero(as_tuple=True)
+        sums = torch.zeros(mask.shape[0], dtype=torch.float64, device=logits.device)
+        self.add(sums, logits[rows, pos], batch, rows, pos)
+        return self.finish(sums, batch)
+
+
+def token_logprob_metric(token: int, positions: str = "first") -> LogitMetric:
     """Metric: mean log-probability of ``token`` per sequence at the chosen positions (``first`` / ``completion``)."""
-    def metric(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        sel = batch.positions(positions).to(logits.device)
-        lp = torch.log_softmax(logits.double(), -1)[..., token]
-        return (lp * sel).sum(-1) / sel.sum(-1).clamp_min(1)
+    def term(logits, batch, rows, pos):
+        return torch.log_softmax(logits.double(), -1)[:, token]
 
-    metric.__name__ = f"logprob[{token}]@{positions}"
-    return metric
+    def finish(sums, batch):
+        return sums / batch.positions(positions).to(sums.device).sum(-1).clamp_min(1)
+
+    return LogitMetric(f"logprob[{token}]@{positions}", lambda batch: batch.positions(positions), term, finish)
 
 
-def completion_logprob_metric() -> Callable:
+def completion_logprob_metric() -> LogitMetric:
     """Metric: summed log-probability of each sequence's completion tokens (teacher-forced), e.g. of the
     reference answer when the batch's completions are the references."""
-    def metric(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        lp = torch.log_softmax(logits[:, :-1].double(), -1)
-        target = batch.tokens[:, 1:].to(logits.device)
-        picked = lp.gather(-1, target[..., None])[..., 0]
-        return (picked * batch.predicting_mask[:, :-1].to(logits.device)).sum(-1)
+    def term(logits, batch, rows, pos):
+        target = batch.tokens.to(logits.device)[rows.to(logits.device), pos.to(logits.device) + 1]
+        return torch.log_softmax(logits.double(), -1).gather(-1, target[:, None])[:, 0]
 
-    metric.__name__ = "completion_logprob"
-    return metric
+    return LogitMetric("completion_logprob", lambda batch: batch.predicting_mask, term)
+
+
+def metric_values(model, final: torch.Tensor, batch: Batch, metric: Callable, position_chunk: int = 128) -> torch.Tensor:
+    """``metric`` per sequence of the logits read from the final residual ``final`` [batch, pos, d_model]
+    (``ln_final`` and the unembedding, no hooks), float64 [batch]. A ``LogitMetric`` unembeds only its
+    positions, ``position_chunk`` at a time; another callable gets full logits one sequence at a time."""
+    if isinstance(metric, LogitMetric):
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=final.device)
+        for rows, pos in selected_chunks(metric.select(batch).to(final.device), position_chunk):
+            logits = model.unembed(model.ln_final(final[rows, pos][None]))[0]
+            metric.add(sums, logits, batch, rows, pos)
+            del logits
+        return metric.finish(sums, batch).double().cpu()
+    out = []
+    for r in range(len(batch)):
+        logits = model.unembed(model.ln_final(final[r : r + 1]))
+        out.append(metric(logits, batch.rows(slice(r, r + 1))).double().reshape(-1).cpu())
+        del logits
+    return torch.cat(out)
 
 
 @dataclass
@@ -146,13 +194,16 @@ class PathPatchingResult(AnalysisResult):
 
 
 class _Step1:
-    """Hooks of step 1: freeze non-senders to the reference, senders from the new run, record receivers."""
+    """Hooks of step 1: freeze non-senders to the reference, senders from the new run, record receivers.
 
-    def __init__(self, model, sender_sets, receivers, ref, new, n_rows, freeze_mlps):
+    ``ref`` / ``new`` hold the activations of the reference and the new run (this chunk of sequences) that
+    the hooks read: every head's ``z`` (and MLP output, with ``freeze_mlps``) from block ``start`` on, the
+    senders' own activations from the new run."""
+
+    def __init__(self, model, sender_sets, receivers, ref, new, n_rows, freeze_mlps, start):
         self.sets, self.receivers, self.ref, self.new, self.n = sender_sets, receivers, ref, new, n_rows
-        self.freeze_mlps, self.model = freeze_mlps, model
+        self.freeze_mlps, self.model, self.start = freeze_mlps, model, start
         self.recorded: dict[Node, torch.Tensor] = {}
-        self.final: torch.Tensor | None = None  # the last block's residual (receiver: logits)
 
     def _tile(self, cache, name, like):
         return cache[name].to(like.dtype).repeat(len(self.sets), *([1] * (like.dim() - 1)))
@@ -201,18 +252,13 @@ class _Step1:
         return fn
 
     def hooks(self):
-        n_layers = self.model.cfg.n_layers
+        blocks = range(self.start, self.model.cfg.n_layers)
         pairs = [(r.hook, self.record(r)) for r in self.receivers if r.kind in ("q", "k", "v")]
-        pairs += [(f"blocks.{x}.attn.hook_z", self.hook_z(x)) for x in range(n_layers)]
-        pairs += [(f"blocks.{x}.hook_mlp_out", self.hook_mlp(x)) for x in range(n_layers)]
+        pairs += [(f"blocks.{x}.attn.hook_z", self.hook_z(x)) for x in blocks]
+        pairs += [(f"blocks.{x}.hook_mlp_out", self.hook_mlp(x)) for x in blocks]
         resid_layers = sorted({s.layer for ss in self.sets for s in ss if s.kind == "resid"})
         pairs += [(f"blocks.{x}.hook_resid_post", self.hook_resid(x)) for x in resid_layers]
-        pairs.append((f"blocks.{n_layers - 1}.hook_resid_post", self.keep_final))
         return pairs
-
-    def keep_final(self, act, hook):
-        self.final = act
-        return None
 
 
 def _step2_hooks(recorded: dict[Node, torch.Tensor]):
@@ -230,49 +276,78 @@ def _step2_hooks(recorded: dict[Node, torch.Tensor]):
     return [(n.hook, patch(n)) for n in recorded]
 
 
+def _repeat(batch: Batch, n: int) -> Batch:
+    return Batch(*(t.repeat(n, 1) for t in (batch.tokens, batch.attention_mask, batch.prompt_mask, batch.completion_mask)))
+
+
+def _tiled(cache: dict, name: str, n: int) -> torch.Tensor:
+    return cache[name].repeat(n, *([1] * (cache[name].dim() - 1)))
+
+
 @torch.no_grad()
 def path_patch(model, inputs, senders: Sequence[Node | Sequence[Node]], receivers: Sequence[Node],
                metric: Callable[[torch.Tensor, Batch], torch.Tensor], *, new_steering=None, ref_steering=None,
-               freeze_mlps: bool = True, batch_size: int = 4, sender_chunk: int = 16) -> PathPatchingResult:
+               freeze_mlps: bool = True, batch_size: int | None = None, sender_chunk: int | None = None,
+               position_chunk: int = 128) -> PathPatchingResult:
     """Path-patch each sender set (a Node or a list of Nodes) to the receivers; see the module docstring.
 
     ``new_steering`` / ``ref_steering``: the steering of the new and the reference run (the new run is
     usually the steered model, the reference the base model).
+
+    Memory: ``batch_size`` sequences at a time (default: ``rows_per_forward``); ``sender_chunk`` sender sets
+    stacked per forward (default: as many as keep the stacked rows within ``budget_rows``); the metric's
+    read-out ``position_chunk`` positions at a time. Only the activations the hooks read are cached. None of
+    the three changes a value.
     """
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
+    n_layers = model.cfg.n_layers
     sets = [[s] if isinstance(s, Node) else list(s) for s in senders]
     for s in (x for ss in sets for x in ss):
-        if s.kind not in SENDERS or not 0 <= s.layer < model.cfg.n_layers:
+        if s.kind not in SENDERS or not 0 <= s.layer < n_layers:
             raise SteerInterpError(f"sender {s} is not a head / mlp / resid node of this model")
     receivers = list(receivers)
     for r in receivers:
-        if r.kind not in RECEIVERS or (r.kind != "logits" and not 0 <= r.layer < model.cfg.n_layers):
+        if r.kind not in RECEIVERS or (r.kind != "logits" and not 0 <= r.layer < n_layers):
             raise SteerInterpError(f"receiver {r} is not a q / k / v / mlp_in / logits node of this model")
     if any(r.kind == "logits" for r in receivers) and len(receivers) > 1:
         raise SteerInterpError("Node.logits() is the whole output; give it as the only receiver")
-    names = [f"blocks.{x}.{h}" for x in range(model.cfg.n_layers) for h in ("attn.hook_z", "hook_mlp_out", "hook_resid_post")]
+    if not sets or not receivers:
+        raise SteerInterpError("give at least one sender and one receiver")
+    to_logits = receivers[0].kind == "logits"
+    # step 1 starts at the first block holding a sender or a receiver, step 2 at the first receiver's block
+    start = min([s.layer for ss in sets for s in ss] + [r.layer for r in receivers if r.kind != "logits"])
+    start2 = None if to_logits else min(r.layer for r in receivers)
+    frozen = [f"blocks.{x}.attn.hook_z" for x in range(start, n_layers)]
+    frozen += [f"blocks.{x}.hook_mlp_out" for x in range(start, n_layers)] if freeze_mlps else []
+    ref_names = set(frozen) | {entering(x) for x in (start, start2) if x}
+    new_names = {s.hook for ss in sets for s in ss}
+    step = rows_per_forward(model, batch, batch_size)
     values = torch.zeros(len(sets), dtype=torch.float64)
     ref_total = new_total = 0.0
-    for start in range(0, len(batch), batch_size):
-        chunk = batch.rows(slice(start, start + batch_size))
-        ref_logits, ref = run_cached(model, chunk, ref_steering, names, logits=True)
-        new_logits, new = run_cached(model, chunk, new_steering, names, logits=True)
-        ref_total += float(metric(ref_logits, chunk).sum())
-        new_total += float(metric(new_logits, chunk).sum())
-        for c0 in range(0, len(sets), sender_chunk):
-            group = sets[c0 : c0 + sender_chunk]
-            stacked = Batch(*(t.repeat(len(group), 1) for t in (chunk.tokens, chunk.attention_mask, chunk.prompt_mask,
-                                                                 chunk.completion_mask)))
-            step1 = _Step1(model, group, receivers, ref, new, len(chunk), freeze_mlps)
-            with steering_context(model, ref_steering, stacked), add_hooks(model, step1.hooks()):
-                model(stacked.tokens, attention_mask=stacked.attention_mask, return_type=None)
-            if receivers[0].kind == "logits":
-                logits = model.unembed(model.ln_final(step1.final))
-            else:
-                with steering_context(model, ref_steering, stacked), add_hooks(model, _step2_hooks(step1.recorded)):
-                    logits = model(stacked.tokens, attention_mask=stacked.attention_mask)
-            vals = metric(logits, stacked).double().reshape(len(group), len(chunk)).sum(-1).cpu()
-            values[c0 : c0 + len(group)] += vals
+    for c_start in range(0, len(batch), step):
+        chunk = batch.rows(slice(c_start, c_start + step))
+        ref_final, ref = run_blocks(model, chunk, ref_steering, sorted(ref_names))
+        ref_total += float(metric_values(model, ref_final, chunk, metric, position_chunk).sum())
+        del ref_final
+        new_final, new = run_blocks(model, chunk, new_steering, sorted(new_names))
+        new_total += float(metric_values(model, new_final, chunk, metric, position_chunk).sum())
+        del new_final
+        per_forward = sender_chunk or max(1, budget_rows(model, chunk.tokens.shape[1]) // len(chunk))
+        for c0 in range(0, len(sets), per_forward):
+            group = sets[c0 : c0 + per_forward]
+            stacked = _repeat(chunk, len(group))
+            step1 = _Step1(model, group, receivers, ref, new, len(chunk), freeze_mlps, start)
+            final, _ = run_blocks(model, stacked, ref_steering, hooks=step1.hooks(), start=start,
+                                  resid=_tiled(ref, entering(start), len(group)) if start else None)
+            if not to_logits:
+                del final
+                final, _ = run_blocks(model, stacked, ref_steering, hooks=_step2_hooks(step1.recorded), start=start2,
+                                      resid=_tiled(ref, entering(start2), len(group)) if start2 else None)
+            del step1
+            vals = metric_values(model, final, stacked, metric, position_chunk)
+            del final
+            values[c0 : c0 + len(group)] += vals.reshape(len(group), len(chunk)).sum(-1)
+        del ref, new
     n = len(batch)
     return PathPatchingResult([" + ".join(map(str, ss)) for ss in sets], [str(r) for r in receivers], values / n,
                               ref_total / n, new_total / n, getattr(metric, "__name__", "metric"))

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from steerinterp.analysis.batch import as_batch, run_cached
+from steerinterp.analysis.batch import as_batch, entering, rows_per_forward, run_blocks, run_cached
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.vectors import as_vector_dict, single_layer_sets
 from steerinterp.errors import SteerInterpError
-from steerinterp.types import HookedModel
+from steerinterp.types import HookedModel, is_bridge
 
 METRICS = ("diff_vector", "diff_diff", "mean_diff_vector", "delta_norm")
 
@@ -83,6 +83,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
 
 
+def _first_block(steering) -> int | None:
+    """The first block a single-layer set's hooks sit in (None when one is outside the blocks)."""
+    layers = [v.layer for v in steering]
+    return None if not layers or None in layers else min(layers)
+
+
 @torch.no_grad()
 def persistence(
     model: HookedModel,
@@ -91,17 +97,19 @@ def persistence(
     *,
     observed_layers: Sequence[int] | None = None,
     positions: str = "all",
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> PersistenceResult:
     """Propagation matrices for each vector of ``vectors`` applied alone (see the module docstring).
 
     ``positions``: ``"all"`` (prompt and completion, the last token dropped as in the papers) or
     ``"completion"`` (the positions predicting completion tokens). Only ``hook_resid_post`` of the
-    observed layers is cached, one chunk of ``batch_size`` sequences at a time.
+    observed layers is cached, one chunk of ``batch_size`` sequences at a time (default:
+    ``rows_per_forward``). Each steered run starts at its vector's block from the base run's cached
+    residual (the blocks before it are the base run's: the same operations, so the same values).
     """
     if positions not in ("all", "completion"):
         raise SteerInterpError(f"positions={positions!r}; choose 'all' or 'completion'")
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     vecs = as_vector_dict(vectors)
     if not vecs:
         raise SteerInterpError("no vectors given")
@@ -111,6 +119,11 @@ def persistence(
     names = [f"blocks.{o}.hook_resid_post" for o in observed]
     final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     cached = names + ([] if final_name in names else [final_name])
+    starts = {}  # steered layer -> the block its run starts at (0: from the tokens)
+    for layer in steered:
+        first = None if is_bridge(model) else _first_block(alone[layer])
+        starts[layer] = first if first else 0
+    entries = sorted({entering(b) for b in starts.values() if b > 0} - set(cached))
     n_s, n_o, n = len(steered), len(observed), len(batch)
     dd = torch.full((n_s, n_o, n), float("nan"), dtype=torch.float64)
     dv = torch.full((n_s, n_o, n), float("nan"), dtype=torch.float64)
@@ -118,13 +131,20 @@ def persistence(
     norm_sum = torch.zeros(n_s, n_o, dtype=torch.float64)
     final_sum = torch.zeros(n_s, model.cfg.d_model, dtype=torch.float64)
     count = 0
-    for start in range(0, n, batch_size):
-        chunk = batch.rows(slice(start, start + batch_size))
+    step = rows_per_forward(model, batch, batch_size)
+    for start in range(0, n, step):
+        chunk = batch.rows(slice(start, start + step))
         sel = chunk.predicting_mask if positions == "completion" else (chunk.prompt_mask.bool() | chunk.predicting_mask)
         count += int(sel.sum())
-        _, base = run_cached(model, chunk, None, cached)
+        _, base = run_cached(model, chunk, None, cached + entries)
         for i, layer in enumerate(steered):
-            _, st = run_cached(model, chunk, alone[layer], cached)
+            b0 = starts[layer]
+            wanted = [nm for nm, o in zip(names, observed) if o >= layer]
+            wanted += [] if final_name in wanted else [final_name]
+            if b0 > 0:
+                _, st = run_blocks(model, chunk, alone[layer], wanted, start=b0, resid=base[entering(b0)])
+            else:
+                _, st = run_cached(model, chunk, alone[layer], wanted)
             final_sum[i] += ((st[final_name] - base[final_name]).double() * sel[..., None]).sum((0, 1)).cpu()
             for j, o in enumerate(observed):
                 if o < layer:
@@ -140,6 +160,9 @@ def persistence(
                 masked = delta * sel[..., None]
                 delta_sum[i, j] += masked.sum((0, 1)).cpu()
                 norm_sum[i, j] += (delta.norm(dim=-1) * sel).sum().cpu()
+                del delta, masked
+            del st
+        del base
     if count == 0:
         raise SteerInterpError("no positions selected; the batch has no completion tokens")
     mean_delta = delta_sum / count
@@ -154,4 +177,3 @@ def persistence(
         steered, observed, dv.nanmean(-1), dd.nanmean(-1), mdv, delta_norm, dd,
         {layer: final_sum[i] / count for i, layer in enumerate(steered)}, count,
     )
-

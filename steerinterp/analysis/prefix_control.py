@@ -50,16 +50,14 @@ class PrefixControlResult(AnalysisResult):
 @torch.no_grad()
 def first_token_prob(model, prompts, token: int | Sequence[int], steering=None) -> float:
     """Mean probability of ``token`` (one id, or one per prompt) as the first generated token."""
-    from steerinterp.analysis.batch import steering_context, teacher_forcing_batch
+    from steerinterp.analysis.batch import run_cached, teacher_forcing_batch
 
     tokens = [int(token)] * len(prompts) if isinstance(token, int) else [int(t) for t in token]
     if len(tokens) != len(prompts):
         raise SteerInterpError(f"{len(tokens)} tokens for {len(prompts)} prompts; give one id or one per prompt")
     batch = teacher_forcing_batch(model, prompts, [model.tokenizer.decode([t]) for t in tokens])
     final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    with steering_context(model, steering, batch):
-        _, cache = model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask, names_filter=[final],
-                                        return_type=None)
+    _, cache = run_cached(model, batch, steering, [final])
     resid = cache[final][torch.arange(len(batch)), batch.last_prompt_index]
     lp = final_logprobs(model, resid)
     return float(lp[torch.arange(len(tokens)), torch.tensor(tokens, device=lp.device)].exp().mean())

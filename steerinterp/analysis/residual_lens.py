@@ -63,16 +63,17 @@ def residual_logit_lens(
     positions: str = "first",
     track: Sequence[str | int] = (),
     layers: Sequence[int] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     position_chunk: int = 128,
 ) -> ResidualLensResult:
     """Layer-by-layer logit lens of the steered vs unsteered residual stream.
 
     ``positions``: ``"first"`` (the last prompt token, which predicts the first generated token),
     ``"completion"`` (every position predicting a completion token) or ``"all"``. Only the observed
-    layers' ``hook_resid_post`` is cached; the read-out runs ``position_chunk`` positions at a time.
+    layers' ``hook_resid_post`` is cached, ``batch_size`` sequences at a time (default: ``rows_per_forward``);
+    the read-out runs ``position_chunk`` positions at a time.
     """
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     tracked_ids = token_ids(model, track)

@@ -73,7 +73,7 @@ def route_attribution(model, inputs, steering, tokens: Sequence[str | int], *, p
     """Split each chosen token's logit change into direct / attention / MLP / norm contributions."""
     import pandas as pd
 
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     if any(getattr(v, "positions", None) is not None and v.positions.kind != "all" for v in getattr(steering, "vectors", [])):
         raise SteerInterpError("route attribution needs vectors acting at every position (Positions.all())")
     vecs = as_vector_dict(steering)

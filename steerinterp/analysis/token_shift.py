@@ -88,19 +88,20 @@ def token_shift(
     *,
     track: Sequence[str | int] = (),
     max_positions: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     position_chunk: int = 128,
 ) -> TokenShiftResult:
     """Per-position distribution shift caused by ``steering`` on teacher-forced completions.
 
     ``inputs``: a ``Batch`` / ``GenerationOutput`` (prompt + completion). ``max_positions`` keeps
-    only the first positions of each completion. Only the last block's residual is cached, and the
-    unembedding runs on the analysed positions in chunks of ``position_chunk``, so long
-    completions fit in memory.
+    only the first positions of each completion. Only the last block's residual is cached, ``batch_size``
+    sequences at a time (default: ``rows_per_forward``, as many as fit the attention budget), and the
+    unembedding runs on the analysed positions in chunks of ``position_chunk``, so long completions fit
+    in memory. Neither chunk changes a value.
     """
     import pandas as pd
 
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     tracked = token_ids(model, track)
     cols: dict[str, list] = {k: [] for k in ("sample", "pos", "next_token", "dst_id", "dst_dp", "src_id", "src_dp",
                                              "would_be_id", "steered_argmax_id", "p_base_would_be", "entropy_base",

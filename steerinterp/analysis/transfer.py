@@ -197,7 +197,7 @@ def fit_residual_map(source, target, inputs, *, pairs: Mapping[int, int] | None 
         inputs = _text_batch(source, texts)
     if not same:
         raise SteerInterpError("the two models tokenise differently; a residual map needs the same tokens in both")
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, source)
     pairs = dict(default_layer_pairs(source, target) if pairs is None else {int(k): int(v) for k, v in pairs.items()})
     xs: dict[int, list] = {s: [] for s in pairs}
     ys: dict[int, list] = {s: [] for s in pairs}

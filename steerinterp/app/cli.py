@@ -39,6 +39,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house's one-line errors (``steerinterp: error: ...``, exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"steerinterp: error: {self.prog.removeprefix('steerinterp ')}: {message} "
+                     f"(see `{self.prog} --help`)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -292,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     from steerinterp.rl import TrainConfig
     from steerinterp.tasks import VERIFIERS
 
-    p = argparse.ArgumentParser(prog="steerinterp", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="steerinterp", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     threads = {"type": _positive_int, "default": None, "help": "torch threads (default: torch's choice)"}
     task_help = "arithmetic[:LEVEL[:shared]] | gsm8k:PATH[,TEST] | math:PATH"
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from steerinterp.errors import SteerInterpError
 from steerinterp.generation.engines import choose_engine, expand_tl_cache, unique_rows
 from steerinterp.generation.sampling import check_sampling_args, make_generators, next_tokens
+from steerinterp.steering.hooks import check_attached
 from steerinterp.steering.positions import TokenContext
 from steerinterp.steering.protocol import Steering, as_steering
 from steerinterp.steering.vectors import SteeringVector
@@ -126,6 +127,7 @@ def generate(
     if max_new_tokens < 1:
         raise SteerInterpError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     vecs = as_steering(steering)
+    check_attached(model)
     if vecs is not None:
         vecs.validate(model)
     ids, texts = encode_prompts(model, prompts)
@@ -254,6 +256,8 @@ def teacher_forced_logprobs(
     train_weights: bool = False,
     skip_frozen_prefix: bool = True,
     prompt_length: int | None = None,
+    batch_size: int | None = None,
+    position_chunk: int | None = None,
 ) -> Float[torch.Tensor, "batch seq"]:
     """Log-probabilities of the completion tokens under the (steered) model.
 
@@ -267,7 +271,16 @@ def teacher_forced_logprobs(
     positions that predict a completion token. With ``prompt_length`` (a ``GenerationOutput``'s:
     prompts occupy ``tokens[:, :prompt_length]``), rows that share a prompt run it once and reuse its
     keys and values through a KV cache, gradients included (RL groups: G samples per prompt).
-    All of these leave the result unchanged (tested).
+    All of these leave the result unchanged (tested). A row with more real tokens than the model's
+    context (``model.cfg.n_ctx``; padding does not count) is a ``SteerInterpError``.
+
+    Memory: ``batch_size`` runs the rows that many at a time (one forward each) and ``position_chunk``
+    unembeds that many predicting positions at a time, so no [positions, vocab] tensor is larger. By
+    default, when no gradient is recorded (``torch.no_grad()``, as an analysis calls it), rows run as many
+    at a time as keep one layer's attention within ``ATTENTION_BUDGET`` bytes and positions 512 at a time;
+    when gradients are recorded everything runs in one pass, as before (autograd keeps every row's
+    activations and log-softmax anyway). Chunks change values and gradients only by float rounding of
+    products whose row count changed (tested to 1e-10 in float64).
     """
     vecs = as_steering(steering)
     if tokens.shape != completion_mask.shape:
@@ -280,9 +293,34 @@ def teacher_forced_logprobs(
     completion_mask = completion_mask.bool()
     if attention_mask is None:
         attention_mask = torch.ones_like(tokens)
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    lengths = attention_mask.bool().sum(-1)  # padding takes no position, so only real tokens count
+    if n_ctx and tokens.shape[0] and int(lengths.max()) > n_ctx:
+        row = int(lengths.argmax())
+        raise SteerInterpError(
+            f"{int(lengths[row])} tokens exceed the model's context of {n_ctx} (row {row}); shorten the prompt or "
+            "the completion (max_new_tokens), or load the model with a larger n_ctx"
+        )
     if prompt_mask is None:
         started = completion_mask.long().cumsum(-1) > 0
         prompt_mask = attention_mask.bool() & ~started
+    if position_chunk is not None and position_chunk < 1:
+        raise SteerInterpError(f"position_chunk must be >= 1, got {position_chunk}")
+    if not torch.is_grad_enabled():
+        batch_size = attention_rows(model, tokens.shape[1]) if batch_size is None else batch_size
+        position_chunk = 512 if position_chunk is None else position_chunk
+    position_chunk = position_chunk or max(1, int(completion_mask.sum()))
+    if batch_size is not None and batch_size < 1:
+        raise SteerInterpError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size is not None and tokens.shape[0] > batch_size:
+        kwargs = dict(temperature=temperature, train_weights=train_weights, skip_frozen_prefix=skip_frozen_prefix,
+                      prompt_length=prompt_length, position_chunk=position_chunk)
+        return torch.cat([
+            teacher_forced_logprobs(model, tokens[r : r + batch_size], completion_mask[r : r + batch_size], vecs,
+                                    attention_mask=attention_mask[r : r + batch_size],
+                                    prompt_mask=prompt_mask[r : r + batch_size], batch_size=batch_size, **kwargs)
+            for r in range(0, tokens.shape[0], batch_size)
+        ])
     grad_ctx = contextlib.nullcontext() if train_weights else frozen_weights(model)
     def steer_ctx():
         if vecs is None or not len(vecs):
@@ -305,17 +343,40 @@ def teacher_forced_logprobs(
                 with steer_ctx():
                     resid = _final_residual(model, tokens, attention_mask, start)
             picked_resid = resid[:, :-1][predicts]  # [n_completion_tokens, d_model]
+            del resid
+            parts = []
             with steer_ctx():
-                logits = model.unembed(model.ln_final(picked_resid[None]))[0]
+                for c in range(0, max(1, picked_resid.shape[0]), position_chunk):  # [position_chunk, vocab] at a time
+                    logits = model.unembed(model.ln_final(picked_resid[None, c : c + position_chunk]))[0]
+                    parts.append(_picked_logprobs(logits, targets[c : c + position_chunk], temperature))
+                    del logits
+            picked = torch.cat(parts) if len(parts) > 1 else parts[0]
         else:
             with steer_ctx():
                 logits = model(tokens, attention_mask=attention_mask)[:, :-1][predicts]
-    work = logits if logits.dtype == torch.float64 else logits.float()
-    logp = torch.log_softmax(work / temperature, dim=-1)
-    picked = logp.gather(-1, targets[:, None])[:, 0]
+            picked = _picked_logprobs(logits, targets, temperature)
     out = torch.zeros(tokens.shape, dtype=picked.dtype, device=picked.device)
     out[:, 1:][predicts] = picked
     return out
+
+
+#: bytes of attention scores (float32 [rows, heads, pos, pos], times the ~5 copies TransformerLens holds at once)
+#: that one forward without gradients may hold: the default row chunk of ``teacher_forced_logprobs`` and the analyses
+ATTENTION_BUDGET = 512 * 2**20
+
+
+def attention_rows(model: HookedModel, width: int, copies: int = 1) -> int:
+    """How many rows of ``width`` positions (each run ``copies`` times) keep one layer's attention under
+    ``ATTENTION_BUDGET`` (at least 1)."""
+    per_row = 5 * 4 * model.cfg.n_heads * width * width * copies
+    return max(1, ATTENTION_BUDGET // max(1, per_row))
+
+
+def _picked_logprobs(logits, targets, temperature: float):
+    """log p(target) at each row of ``logits`` [n, vocab] (float32, or float64 for a float64 model)."""
+    work = logits if logits.dtype == torch.float64 else logits.float()
+    logp = torch.log_softmax(work / temperature, dim=-1)
+    return logp.gather(-1, targets[:, None])[:, 0]
 
 
 def _has_block_stack(model) -> bool:

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 
 from steerinterp.errors import SteerInterpError
+from steerinterp.steering.hooks import interrupts_deferred
 from steerinterp.steering.positions import TokenContext
 from steerinterp.steering.protocol import Steering
 from steerinterp.steering.sites import hf_site
@@ -115,11 +116,21 @@ class HFEngine:
                 site = hf_site(name)
                 if site is None:
                     raise SteerInterpError(f"engine='hf' cannot steer at {name!r}; use engine='hooked'")
-                handles.append(_register(self.hf.get_submodule(site.module), site.side, fn, name))
+                with interrupts_deferred():  # registered and recorded in one uninterruptible step
+                    handles.append(_register(self.hf.get_submodule(site.module), site.side, fn, name))
             yield
         finally:
-            for h in handles:
-                h.remove()
+            interrupted = False
+            while handles:  # a Ctrl-C landing in the clean-up: finish it, then raise it
+                try:
+                    with interrupts_deferred():
+                        while handles:
+                            handles[-1].remove()
+                            handles.pop()
+                except KeyboardInterrupt:
+                    interrupted = True
+            if interrupted:
+                raise KeyboardInterrupt
 
     def start(self, batch: int):
         from transformers import DynamicCache
@@ -196,16 +207,33 @@ _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def hf_mirror(model):
-    """The cached HF mirror of ``model``; rebuilt when the model's weights change."""
-    from steerinterp.generation.hf_mirror import build_hf_mirror, weights_fingerprint
+    """The HF mirror of ``model``, rebuilt whenever it no longer computes exactly what the model computes."""
+    from steerinterp.generation.hf_mirror import build_hf_mirror
 
-    fp = weights_fingerprint(model)
     cached = _MIRRORS.get(model)
-    if cached is not None and cached[0] == fp:
-        return cached[1]
-    hf = build_hf_mirror(model)
-    _MIRRORS[model] = (fp, hf)
-    return hf
+    if cached is not None and cached.divergence(model) is None:
+        return cached.hf
+    _MIRRORS.pop(model, None)
+    mirror = build_hf_mirror(model)
+    _MIRRORS[model] = mirror
+    return mirror.hf
+
+
+def foreign_hooks(model) -> str | None:
+    """A hook on the HookedTransformer that the HF mirror would not run (None when there is none).
+
+    Any TransformerLens hook (``model.hooks``, ``add_hook``, ``run_with_hooks``, an ``attach``-ed steering
+    set), any PyTorch hook on one of its modules, and any global module hook count: the mirror runs other
+    modules, so only the HookedTransformer itself can honour them."""
+    from torch.nn.modules import module as torch_module
+
+    if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+            or torch_module._global_backward_hooks):
+        return "a global PyTorch module hook is registered"
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return f"a hook is attached at {name or 'the model'}"
+    return None
 
 
 @runtime_checkable
@@ -251,15 +279,28 @@ def choose_engine(model, engine: str, vecs):
         if engine == "hf":
             raise SteerInterpError(f"engine='hf' cannot steer at {unmirrored!r}; use engine='hooked'")
         return HookedEngine(model)
+    hooked_by_user = foreign_hooks(model)
+    if hooked_by_user is not None:
+        if engine == "hf":
+            raise SteerInterpError(f"engine='hf' cannot honour the model's own hooks ({hooked_by_user}); "
+                                   "use engine='hooked' or remove them")
+        _warn_once(model, f"the model has hooks the fast engine cannot run ({hooked_by_user}); generating "
+                          "with the HookedTransformer, which honours them")
+        return HookedEngine(model)
     try:
         return HFEngine(model)
     except MirrorUnsupported as e:
         if engine == "hf":
             raise
-        if _WARNED.get(model) != str(e):
-            warnings.warn(f"fast rollout engine unavailable ({e}); using the HookedTransformer path", stacklevel=3)
-            _WARNED[model] = str(e)
+        _warn_once(model, f"fast rollout engine unavailable ({e}); using the HookedTransformer path")
         return HookedEngine(model)
+
+
+def _warn_once(model, message: str) -> None:
+    """Warn about a fallback once per model and reason."""
+    if _WARNED.get(model) != message:
+        warnings.warn(message, stacklevel=4)
+        _WARNED[model] = message
 
 
 __all__ = ["BridgeEngine", "Engine", "HFEngine", "HookedEngine", "choose_engine", "position_ids"]

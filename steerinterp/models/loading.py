@@ -12,6 +12,7 @@ Hugging Face basis; ``processed=True`` gives TransformerLens's folded/centred we
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 from dataclasses import asdict, replace
@@ -228,23 +229,98 @@ def _convert_config(directory: Path) -> dict:
 
 
 def relayout_for_speed(model) -> None:
-    """Store the MLP and unembedding weights with transposed strides (same values).
+    """Speed up TransformerLens's gated-MLP and unembedding forwards, keeping every parameter as it is.
 
-    TransformerLens 3.x computes ``F.linear(x, W.T.contiguous())`` on every forward, which copies
-    W_gate, W_in, W_out and W_U each time; with this layout that copy is a no-op (about 3x faster
-    decode on the embedded model, bit-identical logits).
+    TransformerLens 3.x computes ``F.linear(x, W.T.contiguous())`` for W_gate, W_in, W_out and W_U on every
+    forward, copying those weights each time (most of a decode step's time on CPU). The MLP and unembed
+    modules of a model ``load_model`` builds are switched to subclasses whose forward is TransformerLens's
+    own but multiplies by the weight directly (``x @ W``): no copy, no cached copy that could go stale
+    after an edit (through ``.data`` or otherwise), no extra memory. The parameters stay contiguous in
+    TransformerLens's layout, so ``save_file(model.state_dict(), f)`` and ``model.W_U.view(-1)`` work as on
+    a plain HookedTransformer. The product runs through another BLAS path than TransformerLens's, so logits
+    agree with a plain HookedTransformer to float rounding (about 1e-6 in float32), not bit for bit.
     """
-    params = []
     for block in getattr(model, "blocks", []):
-        mlp = block.mlp
-        params += [p for p in (getattr(mlp, n, None) for n in ("W_gate", "W_in", "W_out")) if p is not None]
+        _speed_up(block.mlp)
     unembed = getattr(model, "unembed", None)
     if unembed is not None:
-        params.append(unembed.W_U)
-    with torch.no_grad():
-        for p in params:
-            if p.dim() == 2 and not p.T.is_contiguous():
-                p.data = p.data.T.contiguous().T
+        _speed_up(unembed)
+
+
+def _speed_up(module) -> None:
+    with torch.no_grad():  # contiguous parameters (undoes the transposed-stride layout of steerinterp 0.1)
+        for name in _RELAYOUT_WEIGHTS:
+            p = module._parameters.get(name)
+            if p is not None and not p.is_contiguous():
+                p.data = p.data.contiguous()
+    fast = _fast_classes().get(type(module))
+    if fast is not None:
+        module.__class__ = fast
+
+
+_RELAYOUT_WEIGHTS = ("W_gate", "W_in", "W_out", "W_U")
+#: sha256 (first 16 hex digits) of the TransformerLens forwards the fast subclasses reproduce; for any
+#: other source the module keeps TransformerLens's class (correct, slower) and a warning says so
+_KNOWN_FORWARDS = {"GatedMLP": {"0c31a3055a4d5230"}, "Unembed": {"0387667288742277"}}
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w (+ b)`` for a weight in TransformerLens's [d_in, d_out] layout, without copying it."""
+    out = torch.matmul(x, w)
+    return out if b is None else out + b
+
+
+@functools.cache
+def _fast_classes() -> dict:
+    """``{TransformerLens class: fast subclass}`` for the classes whose forward source is the one reproduced."""
+    import hashlib
+    import inspect
+    import textwrap
+    import warnings
+
+    from transformer_lens.components import GatedMLP, Unembed
+
+    class _FastGatedMLP(GatedMLP):
+        def forward(self, x):
+            if self.W_gate.device != x.device:
+                x = x.to(self.W_gate.device)
+            pre_act = self.hook_pre(_linear(x, self.W_gate))
+            if self.cfg.is_layer_norm_activation() and self.hook_mid is not None and self.ln is not None:
+                mid_act = self.hook_mid(self.act_fn(pre_act))
+                post_act = self.hook_post(self.ln(mid_act))
+            else:
+                pre_linear = self.hook_pre_linear(_linear(x, self.W_in))
+                post_act = self.hook_post((self.act_fn(pre_act) * pre_linear) + self.b_in)
+            return _linear(post_act, self.W_out, self.b_out)
+
+    class _FastUnembed(Unembed):
+        def forward(self, residual):
+            residual = self.hook_in(residual)
+            return self.hook_out(_linear(residual, self.W_U, self.b_U))
+
+    out = {}
+    for base, fast in ((GatedMLP, _FastGatedMLP), (Unembed, _FastUnembed)):
+        try:
+            digest = hashlib.sha256(textwrap.dedent(inspect.getsource(base.forward)).encode()).hexdigest()[:16]
+        except (OSError, TypeError):
+            digest = None
+        if digest not in _KNOWN_FORWARDS[base.__name__]:
+            warnings.warn(f"this TransformerLens's {base.__name__}.forward is not the one steerinterp's fast copy "
+                          "reproduces; keeping TransformerLens's (slower) forward", stacklevel=3)
+            continue
+        fast.__name__ = fast.__qualname__ = f"_Fast{base.__name__}"
+        fast.__module__ = __name__
+        out[base] = fast
+    return out
+
+
+def __getattr__(name: str):
+    """The fast subclasses by name (so that ``pickle`` / ``copy.deepcopy`` find them)."""
+    if name in ("_FastGatedMLP", "_FastUnembed"):
+        for fast in _fast_classes().values():
+            if fast.__name__ == name:
+                return fast
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_finetuned(path: str | os.PathLike, base: str | os.PathLike | None = None, **load_kwargs):

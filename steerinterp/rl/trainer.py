@@ -13,6 +13,7 @@ and metrics, written atomically. A run interrupted and resumed ends with the sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -32,7 +33,9 @@ from steerinterp.rl.parametrisations import PARAMETRISATIONS, get_parametrisatio
 from steerinterp.rl.problem_sampler import PROBLEM_SAMPLING, ProblemSampler
 from steerinterp.run_dir import RunDir, RunRecord
 from steerinterp.tasks.base import Task
-from steerinterp.types import model_device, model_spec
+from steerinterp.tasks.spec import task_digest
+from steerinterp.tasks.validation import check_prompt_lengths
+from steerinterp.types import model_device, model_fingerprint, model_spec
 
 
 def _opt(default, help: str, **extra):
@@ -85,6 +88,18 @@ class TrainConfig:
             raise SteerInterpError(f"lr must be > 0, got {self.lr}", setting="lr")
         if not 0 <= self.warmup_ratio < 1:
             raise SteerInterpError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}", setting="warmup_ratio")
+        if not self.temperature > 0:
+            raise SteerInterpError(f"temperature must be > 0 for RL (sampling and log-probs at the same temperature), "
+                                   f"got {self.temperature}", setting="temperature")
+        if not 0 < self.top_p <= 1:
+            raise SteerInterpError(f"top_p must be in (0, 1], got {self.top_p}", setting="top_p")
+        if not self.max_grad_norm > 0:
+            raise SteerInterpError(f"max_grad_norm must be > 0 (the gradient-norm clip), got {self.max_grad_norm}",
+                                   setting="max_grad_norm")
+        if not self.weight_decay >= 0:
+            raise SteerInterpError(f"weight_decay must be >= 0, got {self.weight_decay}", setting="weight_decay")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise SteerInterpError(f"betas must be two numbers in [0, 1), got {self.betas}", setting="betas")
         ProblemSampler(1, self.seed, self.problem_sampling, self.replay_fraction)  # checks both settings
 
     def to_dict(self) -> dict:
@@ -156,6 +171,7 @@ class Trainer:
             raise SteerInterpError(
                 f"prompts_per_step={cfg.prompts_per_step} must divide evenly over {self.dist.world_size} processes"
             )
+        check_prompt_lengths(task, model, cfg.max_new_tokens)  # a row too long for the context fails now, not at step N
         self.parametrisation = get_parametrisation(cfg.parametrisation)
         self.trained = self.parametrisation.default(model, cfg) if steering is None else steering
         self.parametrisation.check(model, self.trained)
@@ -194,8 +210,9 @@ class Trainer:
         t_sample = time.perf_counter() - t0
 
         rows = [(mine[i // G], text) for i, text in enumerate(out.texts)]
-        rewards = torch.tensor([self.task.reward(text, p) for p, text in rows], dtype=torch.float32)
-        correct = [self.task.is_correct(text, p) for p, text in rows]
+        scored = [self.task.score(text, p) for p, text in rows]  # one verification per sample
+        rewards = torch.tensor([r for r, _ in scored], dtype=torch.float32)
+        correct = [c for _, c in scored]
         adv = compute_advantages(rewards.view(len(mine), G), cfg.advantage).view(-1)
 
         t1 = time.perf_counter()
@@ -299,6 +316,11 @@ class Trainer:
         that holds a run but no checkpoint, rather than start over); without it, a directory that holds a
         run is refused unless ``overwrite=True``, which deletes that run first.
         """
+        writing = self.run.writing() if self.run is not None and self.dist.is_main else contextlib.nullcontext()
+        with writing:
+            return self._train(resume, stop_after, overwrite)
+
+    def _train(self, resume: bool, stop_after: int | None, overwrite: bool) -> TrainResult:
         cfg = self.config
         if self.run is not None and self.dist.is_main:
             self._open_run(resume, overwrite)
@@ -328,7 +350,10 @@ class Trainer:
 
     def _open_run(self, resume: bool, overwrite: bool) -> None:
         run = self.run
+        task_id, model_id = task_digest(self.task), model_fingerprint(self.model)
         if resume:
+            if run.holds_run():
+                self._check_same_run(run.record(), task_id, model_id)
             state = load_checkpoint(run.checkpoint_dir)
             if state is not None:
                 self.load_state(state)
@@ -343,8 +368,22 @@ class Trainer:
         run.write_record(RunRecord(
             kind="train", model=model_spec(self.model), task=self.task.spec, task_name=self.task.name,
             verifier=self.task.verifier, seed=self.config.seed,
-            config={**self.config.to_dict(), "trained": sorted(self.params)}))
+            config={**self.config.to_dict(), "trained": sorted(self.params)},
+            task_digest=task_id, model_fingerprint=model_id))
         run.write_metrics(self.metrics)
+
+    def _check_same_run(self, record: RunRecord, task_id: str, model_id: str) -> None:
+        """Refuse to resume a run with another verifier, other task data, or another model."""
+        if record.verifier is not None and record.verifier != self.task.verifier:
+            raise SteerInterpError(f"cannot resume: the run was scored by verifier {record.verifier!r}, not "
+                                   f"{self.task.verifier!r}", setting="verifier")
+        if record.task_digest is not None and record.task_digest != task_id:
+            raise SteerInterpError(f"cannot resume: the task's problems or prompts differ from the run's "
+                                   f"({record.task or record.task_name}: the data changed since)", setting="task")
+        if record.model_fingerprint is not None and record.model_fingerprint != model_id:
+            was = record.model.describe() if record.model is not None else "another model"
+            raise SteerInterpError(f"cannot resume: the run was trained on {was}; this model's weights differ "
+                                   f"(d_model {self.model.cfg.d_model})", setting="model")
 
     def _save_final(self) -> None:
         final = self.run.final_dir

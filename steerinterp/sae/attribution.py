@@ -11,9 +11,19 @@ splice caused, rounding only). One backward pass of the metric gives, per sample
 
     attribution[f] = f * d metric / d f
 
-summed over the chosen positions, plus the same for the error term (``error``), the decoder bias
-(``bias``) and the reference (``reference``). Since the decoder is linear, these add up exactly to
-``gradient . x`` (``grad_x_input``), the first-order estimate of the whole activation's effect.
+summed over the chosen positions, plus the same for the error term (``error``), the SAE's output for
+zero features (``bias``) and the reference (``reference``). Given the input, ``decode`` is affine in
+the features, ``decode(f) = J f + decode(0)``, so these add up exactly to ``gradient . x``
+(``grad_x_input``), the first-order estimate of the whole activation's effect. ``decode(0)`` is what
+sae-lens's decoder adds besides the features, after its run-time output normalisation, which reuses
+statistics of the input:
+
+* ``normalize_activations="none"``, ``"expected_average_only_in"`` (and an unfolded
+  ``"covariance_whitening"``, which sae-lens runs as the identity): ``b_dec``;
+* ``"constant_norm_rescale"``: ``b_dec * |x_in| / sqrt(d_in)`` (the input was scaled to norm ``sqrt(d_in)``);
+* ``"layer_norm"``: ``b_dec * std(x_in) + mean(x_in)`` (the input was centred and scaled to unit std);
+
+with ``x_in = x - reference`` (the matching-pursuit SAEs add ``b_dec`` only with ``apply_b_dec_to_input``).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from steerinterp.analysis.batch import Batch, as_batch, run_cached, steering_con
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.model import DiffSAE, as_sae_lens, sae_hook_name
-from steerinterp.steering.vectors import add_hooks
+from steerinterp.steering.hooks import hooks_applied
 from steerinterp.types import HookedModel
 
 
@@ -119,20 +129,27 @@ def _attribute_chunk(model, chunk: Batch, sae, name, metric, steering, differenc
     def splice(act, hook):
         r = torch.zeros_like(act) if ref is None else ref.to(act.dtype)
         inp = (act - r).detach()
+        sae_in = inp.to(sae.device, sae.dtype)
         with torch.no_grad():
-            f = sae.encode(inp.to(sae.device, sae.dtype))
+            f = sae.encode(sae_in)
         f = f.detach().requires_grad_(True)
         recon = sae.decode(f).to(act.device, act.dtype)
+        with torch.no_grad():
+            # decode's part that does not depend on f, under this input's run-time normalisation
+            # (layer_norm / constant_norm_rescale keep the input's statistics from encode to decode,
+            # and decode consumes them, so encode runs again first)
+            sae.encode(sae_in)
+            offset = sae.decode(torch.zeros_like(f)).to(act.device, act.dtype)
         err = (inp - recon).detach().requires_grad_(True)
         ref_leaf = r.detach().requires_grad_(True)
-        saved.update(f=f, err=err, ref=ref_leaf, act=act.detach())
+        saved.update(f=f, err=err, ref=ref_leaf, act=act.detach(), offset=offset)
         return ref_leaf + recon + err
 
     with steering_context(model, steering, chunk):
         if check_output:
             with torch.no_grad():
                 plain = model(chunk.tokens, attention_mask=chunk.attention_mask, return_type="logits")
-        with torch.enable_grad(), add_hooks(model, [(name, splice)]):
+        with torch.enable_grad(), hooks_applied(model, [(name, splice)]):
             logits = model(chunk.tokens, attention_mask=chunk.attention_mask, return_type="logits")
             values = metric(logits, chunk)
             values.sum().backward()
@@ -141,7 +158,7 @@ def _attribute_chunk(model, chunk: Batch, sae, name, metric, steering, differenc
     m = mask.to(g.dtype)[..., None]
     attribution = (f.detach() * f.grad * m.to(f.dtype)).double().sum(1).cpu()
     err_term = (err.detach() * g * m).double().sum((1, 2)).cpu()
-    bias_term = (sae.b_dec.detach().to(g.dtype) * g * m).double().sum((1, 2)).cpu()
+    bias_term = (saved["offset"] * g * m).double().sum((1, 2)).cpu()
     ref_term = (ref_leaf.detach() * g * m).double().sum((1, 2)).cpu()
     gx = (act * g * m).double().sum((1, 2)).cpu()
     change = float((logits.detach() - plain).abs().max()) if check_output else float("nan")

@@ -192,7 +192,7 @@ def iter_differences(model: HookedModel, inputs, steering, hooks, labels=None, *
     if isinstance(inputs, LabelledGenerations):
         labels = inputs.correct if labels is None else labels
         inputs = inputs.output
-    batch = as_batch(inputs)
+    batch = as_batch(inputs, model)
     labels = torch.zeros(len(batch), dtype=torch.bool) if labels is None else torch.as_tensor(labels, dtype=torch.bool).cpu()
     if labels.shape != (len(batch),):
         raise SteerInterpError(f"{len(batch)} samples but {labels.numel()} labels; give one label per sample")

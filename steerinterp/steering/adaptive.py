@@ -18,8 +18,9 @@ from torch import nn
 
 from steerinterp._files import atomic_write_bytes
 from steerinterp.errors import SteerInterpError
+from steerinterp.steering.hooks import hooks_applied
 from steerinterp.steering.positions import TokenContext
-from steerinterp.steering.vectors import add_hooks, check_finite, resolve_layers
+from steerinterp.steering.vectors import check_finite, resolve_layers
 from steerinterp.types import model_device
 
 
@@ -93,11 +94,8 @@ class AdaptiveSteering:
     def applied(self, model, *, prompt_mask=None, attention_mask=None, context: TokenContext | None = None):
         """Add the rank-1 updates inside the block; hooks are removed on exit (also after errors)."""
         self.validate(model)
-        handle = add_hooks(model, self.fwd_hooks(context))
-        try:
+        with hooks_applied(model, self.fwd_hooks(context)):
             yield model
-        finally:
-            handle.remove()
 
     def detached(self) -> AdaptiveSteering:
         return AdaptiveSteering({k: v.detach().clone() for k, v in self.a.items()},

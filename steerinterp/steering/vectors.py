@@ -10,7 +10,10 @@ leaves a hook on a model.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +23,8 @@ from jaxtyping import Float
 from torch import nn
 
 from steerinterp.errors import SteeringFileError, SteerInterpError
-from steerinterp.steering.io import read_vectors, write_vectors
+from steerinterp.steering.hooks import HookHandle, add_hooks, hook_point, hooks_applied
+from steerinterp.steering.io import read_vectors, vector_file, write_vectors
 from steerinterp.steering.positions import Positions, TokenContext
 from steerinterp.types import HookedModel, model_device, model_spec
 
@@ -39,6 +43,16 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         raise SteerInterpError(f"steering vector {name} contains NaN or inf values; refusing to use it")
 
 
+def check_scale(name: str, scale) -> float:
+    """``scale`` as a finite float, or a ``SteerInterpError`` (a NaN scale would silently zero every answer)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise SteerInterpError(f"steering vector {name} has scale {scale!r} ({type(scale).__name__}); pass a float")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise SteerInterpError(f"steering vector {name} has scale {scale}; a scale must be a finite number")
+    return scale
+
+
 @dataclass(eq=False)
 class SteeringVector:
     """One vector added at one hook point: ``act + scale * vector`` at the selected positions."""
@@ -54,6 +68,7 @@ class SteeringVector:
         if not self.vector.is_floating_point():
             raise SteerInterpError(f"steering vector for {self.hook_name} must be floating point")
         check_finite(self.hook_name, self.vector)
+        self.scale = check_scale(self.hook_name, self.scale)
         self.positions = Positions.parse(self.positions)
 
     @property
@@ -89,53 +104,6 @@ class SteeringVector:
 
         steer.__name__ = f"steer[{self.hook_name}]"
         return steer
-
-
-class HookHandle:
-    """Hooks added by ``attach()``; ``remove()`` takes them off (idempotent)."""
-
-    def __init__(self, model: HookedModel, pairs: list[tuple[str, object]]):
-        self._model = model
-        self._pairs = pairs
-
-    def remove(self) -> None:
-        for name, fn in self._pairs:
-            hp = self._model.hook_dict[name]
-            for handle in list(hp.fwd_hooks):
-                if getattr(handle, "user_hook", None) is fn:
-                    handle.hook.remove()
-                    hp.fwd_hooks.remove(handle)
-        self._pairs = []
-
-    @property
-    def active(self) -> bool:
-        return bool(self._pairs)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-
-
-def add_hooks(model: HookedModel, hooks: Iterable[tuple[str, object]], permanent: bool = False) -> HookHandle:
-    """Add ``(hook_name, fn)`` pairs to a model's HookPoints and return a handle that removes them."""
-    pairs = list(hooks)
-    missing = [n for n, _ in pairs if n not in model.hook_dict]
-    if missing:
-        raise SteerInterpError(
-            f"the model has no hook point {missing[0]!r} (it has {model.cfg.n_layers} layers); "
-            "check the layer index or hook name"
-        )
-    handle = HookHandle(model, [])
-    try:
-        for name, fn in pairs:
-            model.hook_dict[name].add_hook(fn, dir="fwd", is_permanent=permanent)
-            handle._pairs.append((name, fn))
-    except BaseException:
-        handle.remove()
-        raise
-    return handle
 
 
 class SteeringSet:
@@ -237,6 +205,9 @@ class SteeringSet:
 
     # ---- transformations (new sets; tensors shared unless cloned) --------------------------------
     def scaled(self, factor: float) -> SteeringSet:
+        """The same vectors with every scale multiplied by ``factor`` (a finite number)."""
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isfinite(factor):
+            raise SteerInterpError(f"scaled(factor={factor!r}): the factor must be a finite number")
         return SteeringSet([replace(v, scale=v.scale * factor) for v in self.vectors], info=self.info)
 
     def with_positions(self, positions: Positions | str | slice | torch.Tensor) -> SteeringSet:
@@ -258,10 +229,7 @@ class SteeringSet:
     def validate(self, model: HookedModel) -> None:
         """Raise a clear error if a hook is missing or a vector has the wrong width."""
         for v in self.vectors:
-            if v.hook_name not in model.hook_dict:
-                raise SteerInterpError(
-                    f"the model has no hook point {v.hook_name!r} (it has {model.cfg.n_layers} layers)"
-                )
+            hook_point(model, v.hook_name)
             if v.vector.shape[0] != model.cfg.d_model:
                 raise SteerInterpError(
                     f"vector at {v.hook_name} has size {v.vector.shape[0]} but the model's d_model is "
@@ -290,11 +258,8 @@ class SteeringSet:
         self.validate(model)
         if context is None and (prompt_mask is not None or attention_mask is not None):
             context = TokenContext.from_masks(attention_mask, prompt_mask)
-        handle = add_hooks(model, self.fwd_hooks(context))
-        try:
+        with hooks_applied(model, self.fwd_hooks(context)):
             yield model
-        finally:
-            handle.remove()
 
     def attach(self, model: HookedModel) -> HookHandle:
         """Add the vectors until ``handle.remove()`` (survives ``model.reset_hooks()``)."""
@@ -328,34 +293,74 @@ class SteeringSet:
 
     @classmethod
     def load(cls, path, model: HookedModel | None = None, *, trainable: bool = False) -> SteeringSet:
-        """Read a saved set; with ``model``, check it fits and move the vectors to its device."""
+        """Read a saved set; with ``model``, check it fits and move the vectors to its device.
+
+        The header is checked field by field (``steering.io.check_header``): a malformed or edited file is
+        a ``SteeringFileError``. With ``model``, a file recorded for another model (name, fine-tuning,
+        processing, tiny shape or depth) loads with a ``UserWarning`` naming both models.
+        """
         tensors, meta = read_vectors(path)
+        target = vector_file(path)
+        if model is not None:
+            differences = cls.recorded_model_differences(meta["model"], model)
+            if differences:
+                warnings.warn(
+                    f"{target} was saved for another model ({'; '.join(differences)}); the vectors may not mean "
+                    "the same here: load the model they were trained on, or map them with steerinterp.analysis.transfer",
+                    UserWarning, stacklevel=2)
         vecs = []
-        for i, e in enumerate(meta["vectors"]):
-            if f"vector.{i}" not in tensors:
-                raise SteeringFileError(f"{path} lists {len(meta['vectors'])} vectors but vector {i} is missing")
-            t = tensors[f"vector.{i}"]
-            check_finite(e["hook_name"], t)
-            p = e.get("positions") or {"kind": "all"}
-            if p["kind"] == "mask":
-                positions = Positions.from_mask(tensors[f"positions_mask.{i}"].bool())
-            else:
-                positions = Positions(p["kind"], start=p.get("start"), stop=p.get("stop"))
-            if model is not None:
-                if e["hook_name"] not in model.hook_dict:
-                    raise SteeringFileError(
-                        f"{path}: the model has no hook {e['hook_name']!r} (saved for a model with "
-                        f"{meta.get('model', {}).get('n_layers')} layers; this one has {model.cfg.n_layers})"
-                    )
-                if t.shape[0] != model.cfg.d_model:
-                    raise SteeringFileError(
-                        f"{path}: vectors have d_model {t.shape[0]} but the model has {model.cfg.d_model}; "
-                        "they were trained for another model (see steerinterp.analysis.transfer to map them)"
-                    )
-                t = t.to(model_device(model))
-            vec = nn.Parameter(t.clone(), requires_grad=True) if trainable else t
-            vecs.append(SteeringVector(vec, e["hook_name"], float(e["scale"]), positions))
-        return cls(vecs, info=meta.get("info"))
+        try:
+            for i, e in enumerate(meta["vectors"]):
+                t = tensors[f"vector.{i}"]
+                p = e.get("positions") or {"kind": "all"}
+                if p["kind"] == "mask":
+                    positions = Positions.from_mask(tensors[f"positions_mask.{i}"].bool())
+                else:
+                    positions = Positions(p["kind"], start=p.get("start"), stop=p.get("stop"))
+                if model is not None:
+                    if e["hook_name"] not in model.hook_dict:
+                        depth = meta["model"].get("n_layers")
+                        saved_for = f"saved for a model with {depth} layers" if depth else "saved for another model"
+                        raise SteeringFileError(
+                            f"{target}: the model has no hook {e['hook_name']!r} ({saved_for}; this one has "
+                            f"{model.cfg.n_layers})"
+                        )
+                    if t.shape[0] != model.cfg.d_model:
+                        raise SteeringFileError(
+                            f"{target}: vectors have d_model {t.shape[0]} but the model has {model.cfg.d_model}; "
+                            "they were trained for another model (see steerinterp.analysis.transfer to map them)"
+                        )
+                    t = t.to(model_device(model))
+                vec = nn.Parameter(t.clone(), requires_grad=True) if trainable else t
+                vecs.append(SteeringVector(vec, e["hook_name"], e["scale"], positions))
+            return cls(vecs, info=meta["info"])
+        except SteeringFileError:
+            raise
+        except SteerInterpError as e:  # a header that passed the format checks but not the classes' own
+            raise SteeringFileError(f"{target}: {e}; re-save the vectors") from e
+
+    @staticmethod
+    def recorded_model_differences(recorded: Mapping, model: HookedModel) -> list[str]:
+        """How the model a file recorded (``meta["model"]``) differs from ``model``: one phrase per field."""
+        out = []
+        spec = model_spec(model)
+        saved = recorded.get("spec")
+        if saved is not None and spec is not None:
+            now = spec.to_dict()
+            for key in ("name", "finetuned", "tiny", "processed"):
+                a, b = saved.get(key), now.get(key)
+                if key in ("name", "finetuned") and isinstance(a, str) and isinstance(b, str):
+                    a, b = (str(Path(x).expanduser().resolve()) if Path(x).expanduser().exists() else x for x in (a, b))
+                if key in saved and a != b:
+                    out.append(f"recorded {key} {saved.get(key)!r}, this model has {now.get(key)!r}")
+        elif spec is not None and isinstance(recorded.get("processed"), bool) and recorded["processed"] != spec.processed:
+            out.append(f"recorded processed {recorded['processed']!r}, this model has {spec.processed!r}")
+        name = getattr(model.cfg, "model_name", None)
+        if recorded.get("name") is not None and name is not None and recorded["name"] != name:
+            out.append(f"recorded model name {recorded['name']!r}, this model is {name!r}")
+        if recorded.get("n_layers") is not None and recorded["n_layers"] != model.cfg.n_layers:
+            out.append(f"recorded {recorded['n_layers']} layers, this model has {model.cfg.n_layers}")
+        return out
 
 
 def resolve_layers(model: HookedModel, layers: str | int | Iterable[int]) -> list[int]:

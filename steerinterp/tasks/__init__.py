@@ -13,7 +13,8 @@ from steerinterp.tasks.base import Problem, Task
 from steerinterp.tasks.evaluation import EvalResult, evaluate
 from steerinterp.tasks.jsonl import gsm8k_task, math_task
 from steerinterp.tasks.spec import load_task
+from steerinterp.tasks.validation import check_prompt_lengths
 from steerinterp.tasks.verifiers import VERIFIERS
 
-__all__ = ["LEVELS", "VERIFIERS", "EvalResult", "Problem", "Task", "arithmetic_task", "evaluate", "gsm8k_task",
-           "load_task", "math_task"]
+__all__ = ["LEVELS", "VERIFIERS", "EvalResult", "Problem", "Task", "arithmetic_task", "check_prompt_lengths", "evaluate",
+           "gsm8k_task", "load_task", "math_task"]

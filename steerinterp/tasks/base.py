@@ -7,7 +7,15 @@ from dataclasses import dataclass, field, replace
 
 from steerinterp.errors import SteerInterpError
 from steerinterp.models.chat import chat_prompts
-from steerinterp.tasks.verifiers import VERIFIERS, answers_match, extract_boxed, extract_last_number, reference_answer
+from steerinterp.tasks.verifiers import (
+    VERIFIERS,
+    answers_match,
+    boxed_reward,
+    extract_boxed,
+    extract_last_number,
+    last_number_reward,
+    reference_answer,
+)
 
 
 @dataclass(frozen=True)
@@ -89,16 +97,41 @@ class Task:
             return boxed
         return extract_last_number(completion)
 
-    def is_correct(self, completion: str, problem: Problem) -> bool:
-        answer = self.extracted(self.prefix_for(problem) + completion)
-        return answer is not None and answers_match(answer, problem.final_answer)
+    def score(self, completion: str, problem: Problem) -> tuple[float, bool]:
+        """``(reward, correct)`` of a completion, from one extraction and one verification.
 
-    def reward(self, completion: str, problem: Problem) -> float:
+        The same values as ``reward`` and ``is_correct`` (the assistant prefix read before the completion,
+        ``zero_one``, the lenient verifier's format bonus). A subclass that defines its own ``reward`` or
+        ``is_correct`` keeps it: ``score`` calls it. A verifier registered in ``VERIFIERS`` besides the
+        built-in two gives the reward, and correctness is checked as ``is_correct`` does (a second check).
+        """
+        own_reward, own_check = type(self).reward is not Task.reward, type(self).is_correct is not Task.is_correct
+        if not (own_reward or own_check):
+            return self._scored(completion, problem)
+        reward, correct = (0.0, False) if own_reward and own_check else self._scored(completion, problem)
+        return (self.reward(completion, problem) if own_reward else reward,
+                self.is_correct(completion, problem) if own_check else correct)
+
+    def _scored(self, completion: str, problem: Problem) -> tuple[float, bool]:
         fn = VERIFIERS[self.verifier]
         completion = self.prefix_for(problem) + completion
-        if self.verifier == "last_number":
-            return fn(completion, problem.final_answer, zero_one=self.zero_one, format_bonus=self.format_bonus)
-        return fn(completion, problem.final_answer, zero_one=self.zero_one)
+        if (self.verifier, fn) not in (("boxed", boxed_reward), ("last_number", last_number_reward)):
+            answer = self.extracted(completion)
+            correct = answer is not None and answers_match(answer, problem.final_answer)
+            return fn(completion, problem.final_answer, zero_one=self.zero_one), correct
+        boxed = extract_boxed(completion)
+        answer = boxed if boxed is not None or self.verifier == "boxed" else extract_last_number(completion)
+        correct = answer is not None and answers_match(answer, problem.final_answer)
+        reward = 1.0 if correct else (0.0 if self.zero_one else -1.0)
+        if self.verifier == "last_number" and boxed is not None:
+            reward += self.format_bonus
+        return reward, correct
+
+    def is_correct(self, completion: str, problem: Problem) -> bool:
+        return self._scored(completion, problem)[1]
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return self._scored(completion, problem)[0]
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, train={len(self.train)}, test={len(self.test)}, verifier={self.verifier!r})"

@@ -39,3 +39,21 @@ def load_task(spec: str, *, verifier: str | None = None, seed: int = 0, limit: i
             return gsm8k_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
         return math_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
     raise SteerInterpError(f"unknown task {spec!r}; use arithmetic[:LEVEL[:SPLIT]], gsm8k:PATH or math:PATH")
+
+
+def task_digest(task) -> str:
+    """A digest of everything that decides a task's rewards: its problems (ids, questions, answers, in both
+    splits and in order), prompt format and verifier settings. A data file edited under the same name gets
+    another digest."""
+    import hashlib
+    import json
+
+    fields = {k: getattr(task, k) for k in ("name", "verifier", "system_prompt", "user_template", "format_bonus",
+                                             "zero_one")}
+    prefix = task.assistant_prefix if isinstance(task.assistant_prefix, str) else repr(task.assistant_prefix)
+    h = hashlib.sha256(json.dumps({**fields, "assistant_prefix": prefix}, sort_keys=True).encode())
+    for split in (task.train, task.test):
+        for p in split:
+            h.update(json.dumps([p.id, p.question, p.answer]).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
