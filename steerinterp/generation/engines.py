@@ -200,7 +200,7 @@ class BridgeEngine:
         return logits[:, -1, :]
 
 
-# per model: (weights fingerprint, mirror); and the last fallback reason warned about. Weak tables, so
+# per model: its Mirror, and the last fallback reason warned about. Weak tables, so
 # nothing is hung on the user's model and a model's mirror goes when the model does.
 _MIRRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
