@@ -5,6 +5,8 @@ This room imports nothing from generation, rl, analysis, sae or app.
     loading.py  load_model (embedded / tiny / local HF directory / TransformerLens name; hooked or bridge),
                 load_finetuned, load_model_from_spec, relayout_for_speed
     tiny.py     TinyConfig and the seeded random Llama checkpoint behind load_model("tiny")
+    zoo.py      tiny random checkpoints of every supported architecture (Llama-3.1, Qwen2/3, Mistral, Phi-3,
+                Gemma-2/3, OLMo-2, GPT-2) for offline tests
     gguf.py     the embedded SmolLM2 GGUF -> a cached HF checkpoint (dequantise, unpermute q/k, tokenizer)
     chat.py     chat_prompts and the papers' system prompt
 """
@@ -13,6 +15,7 @@ from steerinterp.models.chat import PAPER_SYSTEM_PROMPT, chat_prompts
 from steerinterp.models.loading import (
     EMBEDDED,
     TINY,
+    checkpoint_config,
     default_device,
     load_finetuned,
     load_model,
@@ -20,8 +23,10 @@ from steerinterp.models.loading import (
     relayout_for_speed,
 )
 from steerinterp.models.tiny import TinyConfig, tiny_checkpoint, tiny_hf_model, tiny_tokenizer
+from steerinterp.models.zoo import ZOO, zoo_checkpoint, zoo_hf_model
 
 __all__ = [
-    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "chat_prompts", "default_device", "load_finetuned",
+    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "ZOO", "chat_prompts", "checkpoint_config", "default_device", "load_finetuned",
     "load_model", "load_model_from_spec", "relayout_for_speed", "tiny_checkpoint", "tiny_hf_model", "tiny_tokenizer",
+    "zoo_checkpoint", "zoo_hf_model",
 ]

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import os
+import weakref
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,6 +27,22 @@ from steerinterp.types import ModelSpec, model_spec, record_model_spec
 
 EMBEDDED = "embedded"
 TINY = "tiny"
+
+
+#: model -> the Hugging Face config of the checkpoint it was built from (weak: dies with the model)
+_CHECKPOINT_CONFIGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def checkpoint_config(model):
+    """The ``transformers`` config (``PretrainedConfig``) of the checkpoint ``model`` was loaded from, or None.
+
+    Engines and analyses read the architecture's own settings from it (its class in
+    ``config.architectures``, rope parameters, soft-caps, norms) instead of guessing from TransformerLens's
+    config."""
+    cfg = _CHECKPOINT_CONFIGS.get(model)
+    if cfg is None and type(model).__name__ == "TransformerBridge":
+        cfg = getattr(getattr(model, "original_model", None), "config", None)
+    return cfg
 
 
 def default_device() -> torch.device:
@@ -208,6 +225,7 @@ def _load_hf_directory(directory: Path, processed: bool, device, dtype, n_ctx: i
     )
     with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
         model.to(device)
+    _CHECKPOINT_CONFIGS[model] = hf.config
     return model
 
 
