@@ -26,7 +26,8 @@ from steerinterp.models.tiny import TinyConfig, tiny_checkpoint, tiny_hf_model, 
 from steerinterp.models.zoo import ZOO, zoo_checkpoint, zoo_hf_model
 
 __all__ = [
-    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "ZOO", "chat_prompts", "checkpoint_config", "default_device", "load_finetuned",
+    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "ZOO", "chat_prompts", "checkpoint_config",
+    "default_device", "load_finetuned",
     "load_model", "load_model_from_spec", "relayout_for_speed", "tiny_checkpoint", "tiny_hf_model", "tiny_tokenizer",
     "zoo_checkpoint", "zoo_hf_model",
 ]
