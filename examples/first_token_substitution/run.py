@@ -1,7 +1,7 @@
 """First-token substitution by a last-layer steering vector, and the papers' prefix control.
 
 PAPER_NOTES section 4.4 and claims 7-8. A single vector at the last block (layer 29), RL-trained on
-add1 (``steerinterp train --task arithmetic:add1 --layers 29 --lr 3e-2 --steps 30``; a copy ships in
+add1 (``steerinterp train --task arithmetic:add1 --layers 29 --lr 0.3 --steps 30``; a copy ships in
 results/), is compared with the unsteered model on completions sampled from the steered model:
 per-position distribution shifts, position 0 (the first generated token) against later ones. Then the
 prefix control: start the base model's answer with the token the vector favours at position 0 (here the

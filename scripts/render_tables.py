@@ -1,0 +1,1311 @@
+"""Render every results table and quoted result number in the examples' READMEs and the docs from results/.
+
+The markdown keeps its prose; what comes from a results file sits between markers and is rewritten here:
+
+    <!-- table: rl_arithmetic.main -->          a whole table (the marker lines stay, the lines between
+    | ... generated ... |                       them are replaced; an indented marker indents the table)
+    <!-- /table -->
+
+    ... went from <!-- v: rl.add2.train_first5 -->6.6%<!-- /v --> to ...   one inline value
+
+Each name is declared once below, in TABLES (a function returning the markdown table) or VALUES (a
+function returning the text of one value), reading the examples' ``results/`` files only: no model, no
+torch, a second or two. ``tests/test_generated_tables.py`` runs the check, so a README cannot drift from
+its results:
+
+    python scripts/render_tables.py            # rewrite the marked spans in place
+    python scripts/render_tables.py --check    # exit 1 and show a diff if any would change
+
+Intervals: where a results file has one row per problem, tables give a percentile bootstrap 95% interval
+over problems (2,000 resamples, ``numpy.random.default_rng(0)``); nowhere else is an interval shown.
+"SD over sampling seeds" is the spread of one trained vector set's accuracy over the k sampling seeds of
+its avg@k evaluation, not a spread over training seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import math
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "examples"
+PAGES = ("examples/*/README.md", "examples/README.md", "docs/*.md", "README.md")
+
+TABLE_RE = re.compile(r"^([ \t]*)<!-- table: (\S+) -->\n(.*?)^[ \t]*<!-- /table -->", re.M | re.S)
+VALUE_RE = re.compile(r"(?<!`)<!-- v: (\S+) -->(.*?)<!-- /v -->")  # not when quoted in `code`
+
+# --- reading results ---------------------------------------------------------------------------------------
+
+
+@cache
+def J(path: str):
+    """A JSON results file, path relative to examples/."""
+    return json.loads((EX / path).read_text())
+
+
+@cache
+def C(path: str) -> list[dict]:
+    """A CSV results file as a list of row dicts, path relative to examples/."""
+    with open(EX / path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@cache
+def JL(path: str) -> list[dict]:
+    return [json.loads(line) for line in (EX / path).read_text().splitlines() if line.strip()]
+
+
+@cache
+def norms(path: str) -> np.ndarray:
+    """Per-vector norms of a saved SteeringSet (``vectors.safetensors``), in layer order."""
+    from safetensors.numpy import load_file
+
+    d = load_file(str(EX / path / "vectors.safetensors"))
+    keys = sorted(d, key=lambda k: int(k.rsplit(".", 1)[1]))
+    return np.array([np.linalg.norm(d[k].astype(np.float64)) for k in keys])
+
+
+@cache
+def matrix(path: str) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    d = load_file(str(EX / path / "vectors.safetensors"))
+    return np.stack([d[k].astype(np.float64) for k in sorted(d, key=lambda k: int(k.rsplit(".", 1)[1]))])
+
+
+def train_info(path: str) -> dict:
+    return J(f"{path}/train_info.json")
+
+
+def html_n(path: str, pattern: str) -> int:
+    """A count written into a figure's title (the examples' HTML figures), e.g. ``n=(\\d+)``."""
+    m = re.search(pattern, (EX / path).read_text())
+    if not m:
+        raise ValueError(f"{path}: no match for {pattern!r}")
+    return int(m.group(1))
+
+
+def task_sizes(summary: str) -> tuple[int, int]:
+    """(train, test) problem counts from a summary's task string "Task('...', train=41, test=40, ...)"."""
+    m = re.search(r"train=(\d+), test=(\d+)", J(summary)["task"])
+    return int(m.group(1)), int(m.group(2))
+
+
+# --- formatting --------------------------------------------------------------------------------------------
+
+
+def _round(x: float, nd: int) -> str:
+    """Round half up on the decimal value, float noise removed first (91.25 -> 91.3, not float's 91.2)."""
+    q = Decimal(1).scaleb(-nd)
+    s = str(Decimal(repr(round(float(x), 9))).quantize(q, rounding=ROUND_HALF_UP))  # 18.749999999999997 -> 18.8
+    return "0" + s[2:] if s.startswith("-0") and float(s) == 0 else s
+
+
+def pct(x: float, nd: int = 1) -> str:
+    return _round(100 * float(x), nd) + "%"
+
+
+def pct_n(x: float, nd: int = 1) -> str:
+    """A percentage without the % sign (for ranges and interval bounds)."""
+    return _round(100 * float(x), nd)
+
+
+def f(x: float, nd: int = 2) -> str:
+    return _round(float(x), nd)
+
+
+def sgn(x: float, nd: int = 2) -> str:
+    s = f(x, nd)
+    return s if s.startswith("-") else "+" + s
+
+
+def lr_fmt(x: float) -> str:
+    return f"{float(x):g}".replace("e-0", "e-")
+
+
+def thousands(x: float) -> str:
+    return f"{round(float(x)):,}"
+
+
+def sci(x: float, nd: int = 1) -> str:
+    """1.3e-6 style (the papers' q-values); plain decimals from 0.01 up."""
+    if abs(x) >= 0.01:
+        return f(x, 3 if abs(x) < 0.1 else 2)
+    m, e = f"{x:.{nd}e}".split("e")
+    return f"{m}e{int(e)}"
+
+
+def rng(lo: float, hi: float, fmt: Callable[[float], str] = f, sep: str = "-") -> str:
+    a, b = fmt(lo), fmt(hi)
+    return a if a == b else f"{a}{sep}{b}"
+
+
+def span(values, fmt: Callable[[float], str] = f) -> str:
+    values = list(values)
+    return rng(min(values), max(values), fmt)
+
+
+def pct_range(values, nd: int = 1) -> str:
+    values = list(values)
+    a, b = pct_n(min(values), nd), pct_n(max(values), nd)
+    return f"{a}%" if a == b else f"{a}-{b}%"
+
+
+def pair(a: str, b: str) -> str:
+    return f"{a} / {b}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("\n", " ")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def boot_ci(per_problem, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean over problems (resampling problems)."""
+    x = np.asarray(per_problem, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n, len(x)))
+    means = x[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def ci(per_problem) -> str:
+    lo, hi = boot_ci(per_problem)
+    return f"[{pct_n(lo)}, {pct_n(hi)}]"
+
+
+def fmt_problem(p: str) -> str:
+    """'add1:3+9' or 'What is 3 + 9?' -> '3 + 9'."""
+    m = re.search(r"(\d+) ?\+ ?(\d+)", p)
+    return f"{m.group(1)} + {m.group(2)}"
+
+
+def join_and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# --- rl_arithmetic -----------------------------------------------------------------------------------------
+
+RL = "rl_arithmetic/results"
+ADD1, ADD1_60, FULL, ADD2 = (f"{RL}/add1-summary.json", f"{RL}/add1-60steps-summary.json",
+                             f"{RL}/add1-full-summary.json", f"{RL}/add2-summary.json")
+SHARED, REPLAY, WARM0, PROTO = (f"{RL}/add1-shared-summary.json", f"{RL}/add1-shared-learnability-summary.json",
+                                f"{RL}/add1-shared-warmup0-summary.json", f"{RL}/add1-shared-prototype-summary.json")
+ALL81, FORMATS = f"{RL}/add1-all81-eval.csv", f"{RL}/add1-answer-formats.csv"
+SHIPPED = f"{RL}/vectors/add1-seed0"
+
+
+def seeds(path: str) -> list[dict]:
+    return [J(path)["seeds"][k] for k in sorted(J(path)["seeds"], key=int)]
+
+
+def both(path: str, key: str, fmt: Callable = pct) -> str:
+    """Seed 0 / seed 1 of one summary field."""
+    return " / ".join(fmt(s[key]) for s in seeds(path))
+
+
+@cache
+def held_out() -> dict[str, bool]:
+    return {r["problem"]: r["held_out"] == "True" for r in C(FORMATS)}
+
+
+@cache
+def per_problem(variant: str, held_out_only: bool) -> dict:
+    """From add1-all81-eval.csv: per problem greedy correctness, sampled accuracy (mean over seeds) and
+    per sampling seed accuracy; cross-checked against add1-summary.json on the held-out subset."""
+    rows = [r for r in C(ALL81) if r["variant"] == variant and (not held_out_only or held_out()[r["problem"]])]
+    greedy = {r["problem"]: r["correct"] == "True" for r in rows if r["mode"] == "greedy"}
+    sampled, by_seed = defaultdict(list), defaultdict(list)
+    for r in rows:
+        if r["mode"] == "sampled":
+            sampled[r["problem"]].append(r["correct"] == "True")
+            by_seed[r["seed"]].append(r["correct"] == "True")
+    problems = sorted(greedy)
+    seed_acc = [float(np.mean(v)) for v in by_seed.values()]
+    return {"n": len(problems), "greedy": [greedy[p] for p in problems],
+            "sampled": [float(np.mean(sampled[p])) for p in problems], "k": len(seed_acc),
+            "greedy_acc": float(np.mean([greedy[p] for p in problems])), "sampled_acc": float(np.mean(seed_acc)),
+            "sampled_acc_std": float(np.std(seed_acc)), "mean_len": float(np.mean([int(r["n_tokens"]) for r in rows])),
+            "misses": [p for p in problems if not greedy[p]]}
+
+
+def _check_all81_matches_summary():
+    """The held-out rows of add1-all81-eval.csv are the evaluation behind add1-summary.json (40-step vectors)."""
+    pairs = [("base", J(ADD1)["base"])] + [(f"add1-seed{i}", s) for i, s in enumerate(seeds(ADD1))]
+    for variant, summ in pairs:
+        pp = per_problem(variant, True)
+        for key in ("greedy_acc", "sampled_acc", "sampled_acc_std", "mean_len"):
+            if not math.isclose(pp[key], summ[key], abs_tol=1e-9):
+                raise ValueError(f"{ALL81} ({variant}, held-out) {key} {pp[key]} != {ADD1} {summ[key]}")
+
+
+def _eval_cells(s: dict, pp: dict | None) -> list[str]:
+    g = pct(s["greedy_acc"]) + (f" {ci(pp['greedy'])}" if pp else "")
+    smp = f"{pct(s['sampled_acc'])} (SD {pct_n(s['sampled_acc_std'])})" + (f" {ci(pp['sampled'])}" if pp else "")
+    return [str(s["n_problems"] if "n_problems" in s else pp["n"]), g, smp, f(s["mean_len"], 1)]
+
+
+def t_rl_main() -> str:
+    _check_all81_matches_summary()
+    rows = []
+    task = lambda path: f"{J(path)['level']}, {task_sizes(path)[1]} held-out"
+    base = J(ADD1)["base"]
+    rows.append([task(ADD1), "base", "", *_eval_cells(base, per_problem("base", True))])
+    for i, s in enumerate(seeds(ADD1)):
+        rows.append([task(ADD1), f"steering vectors, training seed {i} ({J(ADD1)['steps']} steps, lr {J(ADD1)['lr']})", "",
+                     *_eval_cells(s, per_problem(f"add1-seed{i}", True))])
+    for i, s in enumerate(seeds(FULL)):
+        rows.append([task(FULL), f"full RL fine-tuning, training seed {i} ({J(FULL)['steps']} steps, lr {lr_fmt(J(FULL)['lr'])})",
+                     "", *_eval_cells(s, None)])
+    for i, s in enumerate(seeds(ADD1_60)):
+        rows.append([task(ADD1_60), f"steering vectors, training seed {i}, resumed to {J(ADD1_60)['steps']} steps", "",
+                     *_eval_cells(s, None)])
+    n_all = per_problem("base", False)["n"]
+    for variant, label in [("base", "base"), ("add1-seed0", "steering vectors, training seed 0 (40 steps)"),
+                           ("add1-seed1", "steering vectors, training seed 1 (40 steps)")]:
+        pp = per_problem(variant, False)
+        rows.append([f"add1, all {n_all} problems", label, "", *_eval_cells(pp, pp)])
+    rows.append([task(ADD2), "base", "", *_eval_cells(J(ADD2)["base"], None)])
+    for i, s in enumerate(seeds(ADD2)):
+        rows.append([task(ADD2), f"steering vectors, training seed {i} ({J(ADD2)['steps']} steps)", "", *_eval_cells(s, None)])
+    k = J(ADD1)["base"]["k"]
+    header = ["task", "variant", "n problems", "greedy [95% CI over problems]",
+              f"sampled avg@{k} (SD over the {k} sampling seeds) [95% CI over problems]", "mean completion tokens"]
+    return md_table(header, [[r[0], r[1], *r[3:]] for r in rows])
+
+
+def t_rl_shared() -> str:
+    base = J(SHARED)["base"]
+    k = base["k"]
+    runs = [("steering, epochs (the papers' data order)", SHARED), ("steering, learnability replay", REPLAY),
+            ("steering, epochs, no warmup (the prototype's schedule)", WARM0),
+            ("the prototype rebuilt (`prototype_reference.py`)", PROTO)]
+    rows = [["base", "", pct(base["greedy_acc"]), f"{pct(base['sampled_acc'])} (SD {pct_n(base['sampled_acc_std'])})", "", ""]]
+    for label, path in runs:
+        ss = seeds(path)
+        rows.append([label, " / ".join(sorted(J(path)["seeds"], key=int)), both(path, "greedy_acc"),
+                     " / ".join(f"{pct(s['sampled_acc'])} (SD {pct_n(s['sampled_acc_std'])})" for s in ss),
+                     ", ".join(f"{s['first_step_acc_50']} / {s['first_step_acc_85']}" for s in ss),
+                     both(path, "train_acc_last5")])
+    n = base["n_problems"]
+    header = ["variant", "training seed", f"greedy (n = {n})", f"sampled avg@{k} (SD over the {k} sampling seeds)",
+              "training acc. 50% / 85% at step", "last-5 training acc."]
+    return md_table(header, rows)
+
+
+def shared_runs() -> list[dict]:
+    return [*seeds(SHARED), *seeds(REPLAY), *seeds(WARM0)]
+
+
+def formats_table() -> dict:
+    out = defaultdict(dict)
+    by = defaultdict(list)
+    for r in C(FORMATS):
+        by[(r["format"], r["variant"])].append(r)
+    for (fmt_, variant), rows in by.items():
+        rows = sorted(rows, key=lambda r: r["problem"])
+        allc = [r["correct"] == "True" for r in rows]
+        hoc = [r["correct"] == "True" for r in rows if r["held_out"] == "True"]
+        out[fmt_][variant] = (allc, hoc)
+    return out
+
+
+def t_rl_formats() -> str:
+    rows = []
+    for fmt_, d in formats_table().items():
+        cells = [f"`{fmt_}`"]
+        for variant in ("base", "steered"):
+            allc, hoc = d[variant]
+            cells += [f"{pct(np.mean(allc))} {ci(allc)}", pct(np.mean(hoc))]
+        rows.append(cells)
+    allc, hoc = next(iter(formats_table().values()))["base"]
+    steps = train_info(SHIPPED)["steps"]
+    header = ["answer forced to start with", f"base, all {len(allc)} [95% CI over problems]", f"base, {len(hoc)} held-out",
+              f"vectors ({steps} steps, seed 0), all {len(allc)} [95% CI]", f"vectors, {len(hoc)} held-out"]
+    return md_table(header, rows)
+
+
+def formats_fixed(variant: str = "steered") -> dict[str, set[str]]:
+    wrong = defaultdict(set)
+    for r in C(FORMATS):
+        if r["variant"] == variant and r["correct"] != "True":
+            wrong[r["format"]].add(r["problem"])
+    return wrong
+
+
+def always_wrong() -> str:
+    w = formats_fixed()
+    probs = sorted(set.intersection(*w.values()))
+    return join_and([fmt_problem(p) for p in probs])
+
+
+def only_swapped() -> str:
+    w = formats_fixed()
+    probs = sorted(p for p in w["a + b ="] if p not in w["b + a ="] and all(p in v for k, v in w.items() if k != "b + a ="))
+    return join_and([fmt_problem(p) for p in probs])
+
+
+def p_both_left_out() -> float:
+    """Chance that a random draw of the shared test size from all add1 problems leaves out two given ones."""
+    n_all = per_problem("base", False)["n"]
+    k = J(SHARED)["base"]["n_problems"]
+    return math.comb(n_all - 2, k) / math.comb(n_all, k)
+
+
+def rl_misses() -> str:
+    """Seed 0's wrong greedy answers on the held-out problems; seed 1 must miss the same problems."""
+    misses = per_problem("add1-seed0", True)["misses"]
+    if misses != per_problem("add1-seed1", True)["misses"]:
+        raise ValueError("the two add1 seeds miss different held-out problems; rewrite the sentence")
+    comp = {r["problem"]: r["completion"] for r in C(ALL81) if r["variant"] == "add1-seed0" and r["mode"] == "greedy"}
+    return ", ".join(f'"{comp[p]}"' for p in misses)
+
+
+def shared_misses() -> str:
+    counts = {round(s["n_problems"] * (1 - s["greedy_acc"])) for s in [*shared_runs(), *seeds(PROTO)]}
+    if len(counts) != 1:
+        raise ValueError(f"shared-split runs miss different numbers of greedy answers: {counts}")
+    n = counts.pop()
+    return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+
+
+def per_step(s: dict) -> str:
+    return f"{f(s['sec_sampling_per_step'], 1)} s sampling + {f(s['sec_gradient_per_step'], 1)} s gradient"
+
+
+def late_steps(path: str, steps: int, last: int = 5) -> tuple[float, float]:
+    rows = C(path)[:steps][-last:]
+    return (float(np.mean([float(r["seconds_sampling"]) for r in rows])),
+            float(np.mean([float(r["seconds_gradient"]) for r in rows])))
+
+
+def side_by_side() -> tuple[dict, dict]:
+    """The no-warmup seed-0 run and the prototype's seed 0 ran side by side, one thread each."""
+    return seeds(WARM0)[0], seeds(PROTO)[0]
+
+
+def ratio_side_by_side() -> float:
+    ours, proto = side_by_side()
+    return (proto["sec_sampling_per_step"] + proto["sec_gradient_per_step"]) / (
+        ours["sec_sampling_per_step"] + ours["sec_gradient_per_step"])
+
+
+def gap(a: str, b: str, key: str) -> str:
+    d = [100 * (x[key] - y[key]) for x, y in zip(seeds(a), seeds(b))]
+    return " / ".join(_round(x, 1) for x in d)
+
+
+def t_rl_docs() -> str:
+    """docs/rl.md: the compact version of the rl_arithmetic tables."""
+    b1, b2, sh = J(ADD1)["base"], J(ADD2)["base"], J(SHARED)["base"]
+    pp0, pp1 = per_problem("add1-seed0", False), per_problem("add1-seed1", False)
+    n_all = pp0["n"]
+    ntest = lambda p: task_sizes(p)[1]
+    g = lambda p: both(p, "greedy_acc")
+    s = lambda p: both(p, "sampled_acc")
+    singles = {int(r["layer_i"]): r for r in C("composition/results/pairs_greedy.csv") if r["layer_i"] == r["layer_j"]}
+    singles_s = {int(r["layer_i"]): r for r in C("composition/results/pairs_sampled.csv") if r["layer_i"] == r["layer_j"]}
+    runs = {int(r["layer"]): r for r in C("single_layer_sweep/results/runs.csv")}
+    ls = sorted(singles, reverse=True)
+    rows = [
+        [f"add1, {ntest(ADD1)} held-out", "base", pct(b1["greedy_acc"]), pct(b1["sampled_acc"])],
+        [f"add1, {ntest(ADD1)} held-out", "steering, all layers, seed 0 / seed 1", g(ADD1), s(ADD1)],
+        [f"add1, {ntest(FULL)} held-out", f"full RL fine-tuning (all weights, lr {lr_fmt(J(FULL)['lr'])}), seed 0 / seed 1",
+         g(FULL), s(FULL)],
+        [f"add1, all {n_all} problems", "steering, seed 0 / seed 1", pair(pct(pp0["greedy_acc"]), pct(pp1["greedy_acc"])),
+         pair(pct(pp0["sampled_acc"]), pct(pp1["sampled_acc"]))],
+        [f"add1 shared split (the prototype's protocol: {sh['n_problems']} test problems among the {n_all} trained on)",
+         "base", pct(sh["greedy_acc"]), pct(sh["sampled_acc"])],
+        ["add1 shared split", "steering, epochs, seed 0", g(SHARED), s(SHARED)],
+        ["add1 shared split", "steering, learnability replay, seed 0 / seed 1", g(REPLAY), s(REPLAY)],
+        ["add1 shared split", "steering, no warmup (the prototype's schedule), seed 0 / seed 1", g(WARM0), s(WARM0)],
+        ["add1 shared split", "the plain-PyTorch prototype rebuilt, seed 0 / seed 1", g(PROTO), s(PROTO)],
+        [f"add2 (10..40), {ntest(ADD2)} held-out", "base -> steering, seed 0", f"{pct(b2['greedy_acc'])} -> {g(ADD2)}",
+         f"{pct(b2['sampled_acc'])} -> {s(ADD2)}"],
+        [f"add1, {ntest(ADD1)} held-out",
+         f"one vector at layer {' / '.join(map(str, ls))} only ({' / '.join(runs[layer]['steps'] for layer in ls)} steps)",
+         " / ".join(pct(float(singles[layer]["accuracy"])) for layer in ls),
+         " / ".join(pct(float(singles_s[layer]["accuracy"])) for layer in ls)],
+    ]
+    k = b1["k"]
+    return md_table(["task", "variant", "greedy", f"sampled avg@{k}"], rows)
+
+
+# --- single_layer_sweep ------------------------------------------------------------------------------------
+
+SW = "single_layer_sweep/results"
+
+
+def t_sweep() -> str:
+    acc = {r["variant"]: r for r in C(f"{SW}/accuracy.csv")}
+    runs = {f"layer {r['layer']}": r for r in C(f"{SW}/runs.csv")}
+    info = train_info(SHIPPED)
+    k = int(acc["base"]["k"])
+    rows = []
+    for name, r in acc.items():
+        if name == "base":
+            meta = ["", "", ""]
+        elif name == "all layers":
+            name = f"all {len(norms(SHIPPED))} layers (`rl_arithmetic/results/vectors/add1-seed0`)"
+            meta = [str(info["steps"]), f"{info['config']['lr']:g}", f"{f(norms(SHIPPED).mean(), 2)} (mean per layer)"]
+        else:
+            run = runs[name]
+            meta = [run["steps"], f"{float(run['lr']):g}", f(float(run["norm"]), 1)]
+        rows.append([name, *meta, pct(float(r["greedy_acc"])),
+                     f"{pct(float(r['sampled_acc']))} (SD {pct_n(float(r['sampled_acc_std']))})", f(float(r["mean_len"]), 1)])
+    n = acc["base"]["n_problems"]
+    header = ["vector", "steps", "lr", "norm", f"greedy (n = {n})", f"sampled avg@{k} (SD over the {k} sampling seeds)",
+              "mean completion tokens"]
+    return md_table(header, rows)
+
+
+def sweep_single() -> list[dict]:
+    return [r for r in C(f"{SW}/accuracy.csv") if r["variant"].startswith("layer ")]
+
+
+def sweep_base() -> dict:
+    return next(r for r in C(f"{SW}/accuracy.csv") if r["variant"] == "base")
+
+
+def sweep_all() -> dict:
+    return next(r for r in C(f"{SW}/accuracy.csv") if r["variant"] == "all layers")
+
+
+def sweep_no_sampled_gain() -> str:
+    b = float(sweep_base()["sampled_acc"])
+    return join_and([r["variant"] for r in sweep_single() if float(r["sampled_acc"]) <= b]) or "none"
+
+
+# --- first_token_substitution ------------------------------------------------------------------------------
+
+FT = "first_token_substitution/results"
+
+
+def ft_summary() -> dict[str, dict]:
+    return {r["position"]: r for r in C(f"{FT}/token_shift_summary.csv")}
+
+
+def t_ft_shift() -> str:
+    s = ft_summary()
+    rows = []
+    for key, label in [("pos 0", "first generated token"), ("pos > 0", "later positions")]:
+        r = s[key]
+        rows.append([label, r["n"], f(float(r["kl_mean"])), f(float(r["kl_median"])), f(float(r["max_dp_mean"])),
+                     pct(float(r["argmax_changed_share"]), 0)])
+    header = ["", "positions", "mean KL(steered \\|\\| base)", "median KL", "mean max dp", "argmax changed"]
+    return md_table(header, rows)
+
+
+def prefix(label: str) -> dict:
+    return J(f"{FT}/prefix_control.json")[label]
+
+
+def t_ft_prefix() -> str:
+    to, op = prefix("To"), prefix("first operand")
+    by = lambda d: {r["variant"]: r for r in d["table"]}
+    to_t, op_t = by(to), by(op)
+    k = op_t["base"]["k"]
+    cell = lambda r: [pct(r["greedy_acc"]), f"{pct(r['sampled_acc'])} (SD {pct_n(r['sampled_acc_std'])})"]
+    rows = [
+        ["base", *cell(op_t["base"]), f"{f(op['p_first_base'])} (operand) / {f(to['p_first_base'])} (\"To\")"],
+        ["base + first operand written into the prompt", *cell(op_t["base + prefix"]),
+         f(op_t["base + prefix"]["p_first_prefix"], 0)],
+        ["last-layer vector", *cell(op_t["steered"]),
+         f"{f(op['p_first_steered'])} (operand) / {f(to['p_first_steered'], 3)} (\"To\")"],
+        ["base + \"To\"", *cell(to_t["base + prefix"]), f(to_t["base + prefix"]["p_first_prefix"], 0)],
+    ]
+    n = op_t["base"]["n_problems"]
+    return md_table(["variant", f"greedy (n = {n})", f"sampled avg@{k} (SD over the {k} sampling seeds)",
+                     "p(prefix token) first"], rows)
+
+
+def ft_pos0() -> list[dict]:
+    return [r for r in C(f"{FT}/token_shift.csv") if r["pos"] == "0"]
+
+
+# --- penultimate_patching ----------------------------------------------------------------------------------
+
+PP = "penultimate_patching/results"
+
+
+def pp_ret(positions: str) -> dict[str, float]:
+    return {r["patch"]: float(r["retained"]) for r in C(f"{PP}/patching_{positions}.csv")}
+
+
+def pp_kl(positions: str) -> float:
+    return next(float(r["kl_to_base"]) for r in C(f"{PP}/patching_{positions}.csv") if r["patch"] == "no_patch")
+
+
+def _group(d: dict, prefix_: str) -> list[float]:
+    return [v for k, v in d.items() if re.fullmatch(re.escape(prefix_) + r"\[\d+\]", k)]
+
+
+def pp_range(d: dict, prefix_: str) -> str:
+    vals = _group(d, prefix_)
+    return rng(min(vals), max(vals))
+
+
+def pp_acc() -> dict[str, float]:
+    return J(f"{PP}/summary.json")["accuracy_greedy"]
+
+
+def t_pp() -> str:
+    first, comp, acc = pp_ret("first"), pp_ret("completion"), pp_acc()
+    a = lambda name: pct(acc[name])
+    arange = lambda prefix_: pct_range(_group(acc, prefix_))
+    n_heads = len(_group(first, "skip_head"))
+    rows = [
+        ["none (steered)", f"1.00 (KL {f(pp_kl('first'))})", f"1.00 (KL {f(pp_kl('completion'), 3)})", a("no_patch")],
+        ["unsteered model", "0", "0", a("base")],
+        ["Skip-Attn", f(first["skip_attn"]), f(comp["skip_attn"]), a("skip_attn")],
+        ["Skip-Layer (s only along the residual)", f(first["skip_layer"]), f(comp["skip_layer"]), a("skip_layer")],
+        [f"Skip-Head h, each of {n_heads} heads", pp_range(first, "skip_head"), pp_range(comp, "skip_head"), arange("skip_head")],
+        ["Steer-Head h (only head h sees s)", pp_range(first, "steer_head"), pp_range(comp, "steer_head"), "(token level only)"],
+        ["Q per head / K per group / V per group",
+         " / ".join(pp_range(first, p) for p in ("q", "k", "v")), " / ".join(pp_range(comp, p) for p in ("q", "k", "v")),
+         f"K {arange('k')}, V {arange('v')}"],
+        ["attention -> MLP only / -> residual only", pair(f(first["skip_attn->mlp"]), f(first["skip_attn->resid"])),
+         pair(f(comp["skip_attn->mlp"]), f(comp["skip_attn->resid"])), pair(a("skip_attn->mlp"), a("skip_attn->resid"))],
+    ]
+    n_first = html_n(f"{PP}/patching_first_skip_head.html", r"first positions, n=(\d+)")
+    n_comp = html_n(f"{PP}/patching_completion_skip_head.html", r"completion positions, n=(\d+)")
+    n_acc = next(int(r["n_problems"]) for r in C(f"{PP}/patched_accuracy.csv"))
+    header = ["patch of block 29", f"retained KL at the first token (n = {n_first})",
+              f"retained KL, whole completion (n = {n_comp} positions)", f"held-out greedy accuracy (n = {n_acc})"]
+    return md_table(header, rows)
+
+
+def pp_per_head_min() -> float:
+    first, comp = pp_ret("first"), pp_ret("completion")
+    return min(min(_group(d, p)) for d in (first, comp) for p in ("skip_head", "q", "k", "v"))
+
+
+def pp_skip_head_min() -> float:
+    return min(min(_group(pp_ret(p), "skip_head")) for p in ("first", "completion"))
+
+
+def pp_att_top() -> dict:
+    return max(C(f"{PP}/attention_diff_last_block.csv"), key=lambda r: float(r["tv"]))
+
+
+def pp_routes() -> dict[str, float]:
+    rows = C(f"{PP}/routes_first_token.csv")
+    col = [c for c in rows[0] if c != "route"][0]
+    return {r["route"]: float(r[col]) for r in rows}
+
+
+def pp_n_configs() -> int:
+    return len(C(f"{PP}/patching_first.csv"))
+
+
+# --- logit_lens --------------------------------------------------------------------------------------------
+
+LL = "logit_lens/results"
+
+
+def ll_norms() -> list[float]:
+    return [float(r["norm"]) for r in C(f"{LL}/vector_norms.csv")]
+
+
+def stable_rank(path: str) -> float:
+    s = np.linalg.svd(matrix(path), compute_uv=False)
+    return float((s**2).sum() / s[0] ** 2)
+
+
+def ll_tokens(mode: str, direction: str, n: int = 8, layer: int = 29) -> list[str]:
+    rows = [r for r in C(f"{LL}/logit_lens_{mode}_top50.csv") if r["layer"] == str(layer) and r["direction"] == direction]
+    return [r["token"] for r in sorted(rows, key=lambda r: int(r["rank"]))[:n]]
+
+
+def tokens_md(tokens: list[str]) -> str:
+    show = lambda t: json.dumps(t) if (t != t.strip() or not t) else t
+    return "`" + " ".join(show(t) for t in tokens) + "`"
+
+
+def lang(mode: str = "raw") -> list[dict]:
+    return C(f"{LL}/language_{mode}.csv")
+
+
+def lang_sig(direction: str, mode: str = "raw") -> list[dict]:
+    return [r for r in lang(mode) if r["direction"] == direction and float(r["p_value"]) < 0.05]
+
+
+def lang_mean(direction: str, mode: str = "raw") -> float:
+    return float(np.mean([float(r["non_english_share"]) for r in lang(mode) if r["direction"] == direction]))
+
+
+def lang_top_sup(mode: str = "raw") -> list[dict]:
+    """The suppressed lists with the smallest p-value (all layers sharing it)."""
+    sig = lang_sig("suppressed", mode)
+    p = min(float(r["p_value"]) for r in sig)
+    return [r for r in sig if float(r["p_value"]) == p]
+
+
+def layers_str(rows: list[dict]) -> str:
+    return join_and([r["layer"] for r in rows])
+
+
+def rlens(positions: str) -> list[dict]:
+    return C(f"{LL}/residual_lens_{positions}.csv")
+
+
+def rlens_first_kl_below(thr: float = 0.03) -> int:
+    """Last layer of the initial run of layers with KL below thr."""
+    last = -1
+    for r in rlens("first"):
+        if float(r["kl"]) >= thr:
+            break
+        last = int(r["layer"])
+    return last
+
+
+def rlens_above(thr: float, positions: str = "first", upto: int = 12) -> list[dict]:
+    return [r for r in rlens(positions) if int(r["layer"]) < upto and float(r["kl"]) >= thr]
+
+
+def rlens_low_agree(positions: str = "first", below: float = 0.1) -> list[dict]:
+    return [r for r in rlens(positions) if float(r["top1_agreement"]) < below]
+
+
+def rlens_first_diverge(thr: float = 0.1) -> int:
+    """First layer from which KL stays >= thr to the end."""
+    rows = rlens("first")
+    for i, r in enumerate(rows):
+        if all(float(x["kl"]) >= thr for x in rows[i:]):
+            return int(r["layer"])
+    return -1
+
+
+def rlens_n(positions: str) -> int:
+    """Number of read-out positions: the agreement shares are multiples of 1/n."""
+    for n in range(1, 10000):
+        if all(abs(float(r["top1_agreement"]) * n - round(float(r["top1_agreement"]) * n)) < 1e-6 for r in rlens(positions)):
+            return n
+    raise ValueError("no denominator")
+
+
+# --- persistence -------------------------------------------------------------------------------------------
+
+PE = "persistence/results"
+
+
+def pers() -> list[dict]:
+    return C(f"{PE}/add1-all-layers-persistence.csv")
+
+
+PERS_OFFSETS = (1, 2, 5, 10, 20, 29)
+
+
+def pers_mean(offset: int, col: str) -> float:
+    rows = [r for r in pers() if int(r["observed_layer"]) - int(r["steered_layer"]) == offset]
+    return float(np.mean([float(r[col]) for r in rows]))
+
+
+def t_pers() -> str:
+    rows = []
+    for col, label in [("diff_diff", "Diff-Diff (mean over steered layers)"), ("diff_vector", "Diff-Vector"),
+                       ("mean_diff_vector", "mean-diff vs vector")]:
+        rows.append([label, *(f(pers_mean(o, col)) for o in PERS_OFFSETS)])
+    npairs = [str(sum(int(r["observed_layer"]) - int(r["steered_layer"]) == o for r in pers())) for o in PERS_OFFSETS]
+    rows.append(["steered layers averaged", *npairs])
+    return md_table(["layers after the steered one", *map(str, PERS_OFFSETS)], rows)
+
+
+def pers_row(steered: int, observed: int) -> dict:
+    return next(r for r in pers() if int(r["steered_layer"]) == steered and int(r["observed_layer"]) == observed)
+
+
+def pers_tokens() -> int:
+    return html_n(f"{PE}/add1-all-layers-persistence.html", r"persistence \((\d+) tokens\)")
+
+
+def pers_lang_sig() -> str:
+    sig = [r for r in C(f"{PE}/add1-all-layers-final-shift-language.csv")
+           if r["direction"] == "suppressed" and float(r["p_value"]) < 0.05]
+    return "No layer's v_l suppresses" if not sig else f"The v_l of layers {layers_str(sig)} suppress"
+
+
+# --- composition -------------------------------------------------------------------------------------------
+
+CO = "composition/results"
+
+
+def comp(mode: str) -> dict[tuple[int, int], dict]:
+    return {(int(r["layer_i"]), int(r["layer_j"])): r for r in C(f"{CO}/pairs_{mode}.csv")}
+
+
+def t_comp() -> str:
+    g, s = comp("greedy"), comp("sampled")
+    rows = []
+    singles = sorted(i for i, j in g if i == j)
+    for i in singles:
+        rows.append([f"{i} alone", pct(float(g[i, i]["accuracy"])), "", pct(float(s[i, i]["accuracy"])), ""])
+    for (i, j), r in g.items():
+        if i != j:
+            rows.append([f"{i} + {j}", pct(float(r["accuracy"])), f(float(r["R"])), pct(float(s[i, j]["accuracy"])),
+                         f(float(s[i, j]["R"]))])
+    all_row = seeds(ADD1_60)[0]
+    rows.append(["all 30 layers (reference for R)", pct(all_row["greedy_acc"]), "", pct(all_row["sampled_acc"]), ""])
+    n = task_sizes(ADD1)[1]
+    return md_table(["pair", f"greedy (n = {n})", "R (greedy)", "sampled avg@4", "R (sampled)"], rows)
+
+
+def comp_pairs(mode: str) -> list[dict]:
+    return [r for (i, j), r in comp(mode).items() if i != j]
+
+
+def comp_mid_r() -> str:
+    rs = [float(r["R"]) for mode in ("greedy", "sampled") for r in comp_pairs(mode) if "14" in (r["layer_i"], r["layer_j"])]
+    return rng(min(rs), max(rs))
+
+
+def comp_best(mode: str) -> float:
+    return max(float(r["accuracy"]) for r in comp_pairs(mode))
+
+
+# --- transfer ----------------------------------------------------------------------------------------------
+
+TR = "transfer/results"
+
+
+def tr() -> dict[tuple[str, str], float]:
+    return {(r["recipient"], r["donor"]): (float(r["accuracy"]), float(r["normalised"])) for r in C(f"{TR}/transfer_greedy.csv")}
+
+
+def t_tr() -> str:
+    t = tr()
+    rows = [["base model", pct(t["base", "unsteered"][0]), f"{pct(t['base', 'base'][0])} (own)",
+             f"{pct(t['base', 'full-FT'][0])} (normalised {f(t['base', 'full-FT'][1], 1)})"],
+            ["fine-tuned model", pct(t["full-FT", "unsteered"][0]),
+             f"{pct(t['full-FT', 'base'][0])} (normalised {f(t['full-FT', 'base'][1], 1)})",
+             f"{pct(t['full-FT', 'full-FT'][0])} (own)"]]
+    return md_table(["recipient \\ vectors from", "none", "base model", "fine-tuned model"], rows)
+
+
+def tr_map() -> dict:
+    return J(f"{TR}/residual_map_greedy.json")
+
+
+def tr_cos(lo: int, hi: int) -> str:
+    c = [v for k, v in tr_map()["cos_mapped_vs_copied"].items() if lo <= int(k) <= hi]
+    return rng(min(c), max(c))
+
+
+# --- adaptive_magnitudes -----------------------------------------------------------------------------------
+
+AD = "adaptive_magnitudes/results"
+
+
+def seg(layer: int) -> dict[str, float]:
+    row = next(r for r in C(f"{AD}/by_segment.csv") if r["layer"] == str(layer))
+    return {k: float(v) for k, v in row.items() if k != "layer"}
+
+
+def seg_top(layer: int) -> tuple[str, float, list[float]]:
+    d = seg(layer)
+    top = max(d, key=d.get)
+    return top, d[top], [v for k, v in d.items() if k != top]
+
+
+def seg_ratio(layer: int) -> str:
+    _, top, rest = seg_top(layer)
+    return f"{f(top / max(rest), 1)}-{f(top / min(rest), 1)}x"
+
+
+def ad_summary(layer: int) -> dict:
+    return next(r for r in C(f"{AD}/summary.csv") if r["layer"] == str(layer))
+
+
+# --- diffsae -----------------------------------------------------------------------------------------------
+
+SA = "diffsae/results"
+
+
+def sae_summary() -> dict:
+    return J(f"{SA}/add1-summary.json")
+
+
+def sae_gens() -> list[dict]:
+    return C(f"{SA}/add1-generations.csv")
+
+
+def sae_quality() -> list[dict]:
+    return [r for r in C(f"{SA}/add1-sae-quality.csv") if r["split"] == "heldout"]
+
+
+def t_sae_quality() -> str:
+    rows = []
+    for r in sae_quality():
+        rows.append([r["layer"], f(float(r["mean_delta_norm"]), 1), f(float(r["fvu"]), 3), f(float(r["l0"]), 0),
+                     f"{round(float(r['dead']))} / {round(float(r['d_sae']))}", thousands(float(r["tokens_per_s"]))])
+    n = round(float(sae_quality()[0]["n_rows"]))
+    return md_table(["layer", "mean \\|delta\\|", f"FVU (held out, {thousands(n)} rows)", "L0", "dead latents",
+                     "training tokens/s"], rows)
+
+
+def sae_top(layer: int) -> dict:
+    return next(r for r in C(f"{SA}/add1-frequency-by-layer.csv") if r["layer"] == str(layer) and r["rank"] == "0")
+
+
+def sae_within_q(layer: int, feature: str) -> float:
+    rows = C(f"{SA}/add1-layer{layer}-frequencies-within-problems.csv")
+    return next(float(r["q_value"]) for r in rows if r["feature"] == feature)
+
+
+def sae_layers() -> list[int]:
+    return sae_summary()["layers"]
+
+
+def t_sae_freq() -> str:
+    s = sae_summary()
+    rows = []
+    for layer in sae_layers():
+        top = sae_top(layer)
+        rows.append([str(layer), top["feature"], pct(float(top["freq_correct"]), 0), pct(float(top["freq_incorrect"]), 0),
+                     sci(float(top["q_value"])), sci(sae_within_q(layer, top["feature"])),
+                     f"{s['significant_features'][str(layer)]} / {s['significant_within_problems'][str(layer)]}"])
+    n_c, n_i = sae_counts()
+    return md_table(["layer", "top feature", f"fires in correct (n = {n_c})", f"fires in incorrect (n = {n_i})",
+                     "q (Fisher, BH)", "q within problems (CMH, BH)", "features q < 0.05: Fisher / within problems"], rows)
+
+
+def sae_counts() -> tuple[int, int]:
+    c = Counter(r["correct"] == "True" for r in sae_gens())
+    return c[True], c[False]
+
+
+def sae_errors(n: int = 5) -> str:
+    c = Counter(fmt_problem(r["problem"]) for r in sae_gens() if r["correct"] != "True")
+    return ", ".join(f"{p}: {k} wrong" if i == 0 else f"{p}: {k}" for i, (p, k) in enumerate(c.most_common(n)))
+
+
+def sae_sig_range(key: str) -> str:
+    v = sae_summary()[key].values()
+    return rng(min(v), max(v), fmt=str)
+
+
+def sae_survivors() -> tuple[list[int], list[int], list[float]]:
+    keep, drop, qs = [], [], []
+    for layer in sae_layers():
+        q = sae_within_q(layer, sae_top(layer)["feature"])
+        (keep if q < 0.05 else drop).append(layer)
+        if q < 0.05:
+            qs.append(q)
+    return keep, drop, qs
+
+
+def sae_pos_diff() -> str:
+    d = []
+    for layer in sae_layers():
+        rows = C(f"{SA}/add1-layer{layer}-frequencies.csv")
+        d.append(max(float(r["difference"]) for r in rows))
+    return f"{sgn(min(d))} to {sgn(max(d))}"
+
+
+def t_sae_steer() -> str:
+    rows = C(f"{SA}/add1-layer29-feature-steering.csv")
+    k = rows[0]["k"]
+    label = {"vectors": "all-layer vectors", "base + feature 963": "base + feature 963 (top positive attribution)",
+             "vectors - feature 1911": "vectors - feature 1911 (most tied to incorrect)"}
+    out = [[label.get(r["variant"], r["variant"]), pct(float(r["greedy_acc"])),
+            f"{pct(float(r['sampled_acc']))} (SD {pct_n(float(r['sampled_acc_std']))})"] for r in rows]
+    header = ["variant", f"greedy (n = {rows[0]['n_problems']})", f"sampled avg@{k} (SD over the {k} sampling seeds)"]
+    return md_table(header, out)
+
+
+def sae_963_samples() -> str:
+    a, b = sae_steer("vectors + feature 963"), sae_steer("vectors")
+    n = int(a["n_problems"]) * int(a["k"])
+    return f"{round((float(a['sampled_acc']) - float(b['sampled_acc'])) * n)} of the {n} samples"
+
+
+def sae_steer(variant: str) -> dict:
+    return next(r for r in C(f"{SA}/add1-layer29-feature-steering.csv") if r["variant"] == variant)
+
+
+# --- last_layer_token_vector -------------------------------------------------------------------------------
+
+TV = "last_layer_token_vector/results/completions.jsonl"
+
+
+def t_token_vector() -> str:
+    by = defaultdict(list)
+    for r in JL(TV):
+        by[r["scale"]].append(r)
+    rows = []
+    for scale in sorted(by):
+        rs = by[scale]
+        n_step = sum(r["completion"].startswith("Step") for r in rs)
+        rows.append([f"{scale:g}", f(np.mean([r["p_first_token"] for r in rs]), 3), f"{n_step}/{len(rs)}"])
+    printed = re.findall(r"^\s*(\d+) \| ([\d.]+) \| (\d+/\d+)$", (EX / TV).with_name("summary.txt").read_text(), re.M)
+    if [list(r) for r in printed] != rows:
+        raise ValueError(f"{TV} disagrees with summary.txt: {rows} vs {printed}")
+    return md_table(["vector norm", 'mean P("Step") at generation position 0', 'greedy completions opening with "Step"'], rows)
+
+
+def tv_n() -> int:
+    return len({r["prompt_index"] for r in JL(TV)})
+
+
+def tv_first(scale: float) -> str:
+    return next(r["completion"] for r in JL(TV) if r["scale"] == scale and r["prompt_index"] == 0)
+
+
+# --- the registries ----------------------------------------------------------------------------------------
+
+TABLES: dict[str, Callable[[], str]] = {
+    "rl_arithmetic.main": t_rl_main,
+    "rl_arithmetic.shared": t_rl_shared,
+    "rl_arithmetic.answer_formats": t_rl_formats,
+    "rl_arithmetic.docs": t_rl_docs,
+    "single_layer_sweep.accuracy": t_sweep,
+    "first_token_substitution.shift": t_ft_shift,
+    "first_token_substitution.prefix": t_ft_prefix,
+    "penultimate_patching.patches": t_pp,
+    "persistence.matrix": t_pers,
+    "composition.pairs": t_comp,
+    "transfer.grid": t_tr,
+    "diffsae.quality": t_sae_quality,
+    "diffsae.frequencies": t_sae_freq,
+    "diffsae.feature_steering": t_sae_steer,
+    "last_layer_token_vector.scales": t_token_vector,
+}
+
+s0 = lambda path: seeds(path)[0]
+V: dict[str, Callable[[], str]] = {
+    # rl_arithmetic
+    "rl.add1.n_train": lambda: str(task_sizes(ADD1)[0]),
+    "rl.add1.n_test": lambda: str(task_sizes(ADD1)[1]),
+    "rl.add2.n_train": lambda: str(task_sizes(ADD2)[0]),
+    "rl.add2.n_test": lambda: str(task_sizes(ADD2)[1]),
+    "rl.add2.n_all": lambda: str(sum(task_sizes(ADD2))),
+    "rl.add1.n_all": lambda: str(per_problem("base", False)["n"]),
+    "rl.add1.train_first5": lambda: both(ADD1, "train_acc_first5"),
+    "rl.add1.train_last5": lambda: both(ADD1, "train_acc_last5"),
+    "rl.add1.step50": lambda: both(ADD1, "first_step_acc_50", str),
+    "rl.add1.step85": lambda: both(ADD1, "first_step_acc_85", str),
+    "rl.add1.len_first": lambda: both(ADD1, "completion_len_first", lambda x: f(x, 1)),
+    "rl.add1.len_last": lambda: both(ADD1, "completion_len_last", lambda x: f(x, 1)),
+    "rl.add1.norm": lambda: both(ADD1, "vector_norm_mean", f),
+    "rl.add1.greedy": lambda: both(ADD1, "greedy_acc"),
+    "rl.add1.sampled": lambda: both(ADD1, "sampled_acc"),
+    "rl.add1.misses": rl_misses,
+    "rl.add2.train_first5": lambda: both(ADD2, "train_acc_first5"),
+    "rl.add2.train_last5": lambda: both(ADD2, "train_acc_last5"),
+    "rl.add2.step50": lambda: both(ADD2, "first_step_acc_50", str),
+    "rl.add1_60.steps": lambda: str(J(ADD1_60)["steps"]),
+    "rl.add1_60.train_last5": lambda: both(ADD1_60, "train_acc_last5"),
+    "rl.add1_60.greedy": lambda: both(ADD1_60, "greedy_acc"),
+    "rl.add1_60.sampled": lambda: both(ADD1_60, "sampled_acc"),
+    "rl.all81.greedy": lambda: pair(pct(per_problem("add1-seed0", False)["greedy_acc"]),
+                                    pct(per_problem("add1-seed1", False)["greedy_acc"])),
+    "rl.all81.sampled": lambda: pair(pct(per_problem("add1-seed0", False)["sampled_acc"]),
+                                     pct(per_problem("add1-seed1", False)["sampled_acc"])),
+    "rl.shared.n_test": lambda: str(J(SHARED)["base"]["n_problems"]),
+    "rl.shared.greedy": lambda: pct_range(s["greedy_acc"] for s in shared_runs()),
+    "rl.shared.sampled": lambda: pct_range(s["sampled_acc"] for s in shared_runs()),
+    "rl.shared.n_runs": lambda: str(len(shared_runs())),
+    "rl.shared.misses": shared_misses,
+    "rl.shared.step50": lambda: span([s["first_step_acc_50"] for s in [*shared_runs(), *seeds(PROTO)]], str),
+    "rl.shared.step85": lambda: span([s["first_step_acc_85"] for s in [*shared_runs(), *seeds(PROTO)]], str),
+    "rl.proto.greedy": lambda: both(PROTO, "greedy_acc"),
+    "rl.proto.sampled": lambda: both(PROTO, "sampled_acc"),
+    "rl.formats.always_wrong": always_wrong,
+    "rl.formats.only_swapped": only_swapped,
+    "rl.formats.plus.base": lambda: pct(np.mean(formats_table()["a + b ="]["base"][0])),
+    "rl.formats.plus.steered": lambda: pct(np.mean(formats_table()["a + b ="]["steered"][0])),
+    "rl.formats.plus.base_ho": lambda: pct(np.mean(formats_table()["a + b ="]["base"][1])),
+    "rl.formats.plus.steered_ho": lambda: pct(np.mean(formats_table()["a + b ="]["steered"][1])),
+    "rl.formats.words.base": lambda: pct(np.mean(formats_table()["a plus b equals"]["base"][0])),
+    "rl.formats.words.steered": lambda: pct(np.mean(formats_table()["a plus b equals"]["steered"][0])),
+    "rl.formats.steps": lambda: str(train_info(SHIPPED)["steps"]),
+    "rl.p_both_left_out": lambda: pct(p_both_left_out(), 0),
+    "rl.time.add1": lambda: " / ".join(per_step(s) for s in seeds(ADD1)),
+    "rl.time.add1_late": lambda: " / ".join(
+        (lambda t: f"{f(t[0], 1)} s + {f(t[1], 1)} s")(late_steps(f"{RL}/add1-seed{i}-metrics.csv", J(ADD1)["steps"]))
+        for i in range(len(seeds(ADD1)))),
+    "rl.time.ours": lambda: per_step(side_by_side()[0]),
+    "rl.time.ours_total": lambda: f(side_by_side()[0]["sec_sampling_per_step"] + side_by_side()[0]["sec_gradient_per_step"], 1),
+    "rl.time.proto": lambda: per_step(side_by_side()[1]),
+    "rl.time.proto_total": lambda: f(side_by_side()[1]["sec_sampling_per_step"] + side_by_side()[1]["sec_gradient_per_step"], 1),
+    "rl.time.ratio": lambda: f(ratio_side_by_side(), 1),
+    "rl.time.ratio2": lambda: f(ratio_side_by_side(), 2),
+    "rl.time.full_seed1": lambda: per_step(seeds(FULL)[1]),
+    "rl.time.full_seed0": lambda: per_step(seeds(FULL)[0]),
+    "rl.time.shared": lambda: per_step(s0(SHARED)),
+    "rl.time.replay": lambda: " / ".join(per_step(s) for s in seeds(REPLAY)),
+    "rl.full.greedy": lambda: both(FULL, "greedy_acc"),
+    "rl.full.sampled": lambda: both(FULL, "sampled_acc"),
+    "rl.full.gap_greedy": lambda: gap(FULL, ADD1, "greedy_acc"),
+    "rl.full.gap_sampled": lambda: gap(FULL, ADD1, "sampled_acc"),
+    "rl.full.step50": lambda: both(FULL, "first_step_acc_50", str),
+    "rl.full.step85": lambda: both(FULL, "first_step_acc_85", str),
+    "rl.full.train_last5": lambda: both(FULL, "train_acc_last5"),
+    # single_layer_sweep
+    "sweep.greedy_gain": lambda: (lambda d: f"+{_round(min(d), 1)} to +{_round(max(d), 1)}")(
+        [100 * (float(r["greedy_acc"]) - float(sweep_base()["greedy_acc"])) for r in sweep_single()]),
+    "sweep.no_sampled_gain": sweep_no_sampled_gain,
+    "sweep.len_base": lambda: f(float(sweep_base()["mean_len"]), 1),
+    "sweep.len_single": lambda: rng(min(float(r["mean_len"]) for r in sweep_single()),
+                                    max(float(r["mean_len"]) for r in sweep_single()), lambda x: f(x, 1)),
+    "sweep.sampled_single": lambda: pct_range(float(r["sampled_acc"]) for r in sweep_single()),
+    "sweep.sampled_all": lambda: pct(float(sweep_all()["sampled_acc"])),
+    "sweep.steps": lambda: span([int(r["steps"]) for r in C(f"{SW}/runs.csv")], str),
+    "sweep.lr": lambda: rng(min(float(r["lr"]) for r in C(f"{SW}/runs.csv")), max(float(r["lr"]) for r in C(f"{SW}/runs.csv")),
+                            lambda x: f"{x:g}"),
+    "sweep.all_steps": lambda: str(train_info(SHIPPED)["steps"]),
+    # first_token_substitution
+    "ft.steps": lambda: str(train_info(f"{FT}/vector-layer29")["steps"]),
+    "ft.lr": lambda: f"{train_info(f'{FT}/vector-layer29')['config']['lr']:g}",
+    "ft.norm": lambda: f(norms(f"{FT}/vector-layer29")[0], 1),
+    "ft.n_finished": lambda: ft_summary()["pos 0"]["n"],
+    "ft.n_problems": lambda: str(task_sizes(ADD1)[0]),
+    "ft.kl_ratio": lambda: f"{round(float(ft_summary()['pos 0']['kl_mean']) / float(ft_summary()['pos > 0']['kl_mean']))}x",
+    "ft.digit_share": lambda: f"{sum(r['dst'].strip().isdigit() for r in ft_pos0())} of {len(ft_pos0())}",
+    "ft.p_operand": lambda: f"{f(prefix('first operand')['p_first_base'])} to {f(prefix('first operand')['p_first_steered'])}",
+    "ft.dp_to0": lambda: f(float(ft_summary()["pos 0"]["dp[To]_mean"])),
+    "ft.dp_to_later": lambda: f(float(ft_summary()["pos > 0"]["dp[To]_mean"])),
+    "ft.reinforce": lambda: pct(float(ft_summary()["pos 0"]["reinforce_share"]), 0),
+    "ft.change": lambda: pct(float(ft_summary()["pos 0"]["change_share"]), 0),
+    "ft.len": lambda: (lambda t: f"{f(t['base']['mean_len'], 1)} -> {f(t['steered']['mean_len'], 1)}")(
+        {r["variant"]: r for r in prefix("first operand")["table"]}),
+    "ft.recovered": lambda: f"{pct(prefix('first operand')['recovered_greedy'], 0)} (greedy) / "
+                            f"{pct(prefix('first operand')['recovered_sampled'], 0)} (sampled)",
+    # penultimate_patching
+    "pp.steps": lambda: str(train_info(f"{PP}/vector-layer28")["steps"]),
+    "pp.lr": lambda: f"{train_info(f'{PP}/vector-layer28')['config']['lr']:g}",
+    "pp.norm": lambda: f(norms(f"{PP}/vector-layer28")[0], 1),
+    "pp.acc": lambda: f"{pct(pp_acc()['base'])} -> {pct(pp_acc()['no_patch'])}",
+    "pp.n_first": lambda: str(html_n(f"{PP}/patching_first_skip_head.html", r"first positions, n=(\d+)")),
+    "pp.n_completion": lambda: str(html_n(f"{PP}/patching_completion_skip_head.html", r"completion positions, n=(\d+)")),
+    "pp.n_acc": lambda: C(f"{PP}/patched_accuracy.csv")[0]["n_problems"],
+    "pp.skip_head_min": lambda: pct(pp_skip_head_min(), 0),
+    "pp.per_head_min": lambda: pct(pp_per_head_min(), 0),
+    "pp.per_head_acc": lambda: pct_range([v for k, v in pp_acc().items() if re.fullmatch(r"(skip_head|k|v)\[\d+\]", k)]),
+    "pp.skip_attn": lambda: pct_range([pp_ret("first")["skip_attn"], pp_ret("completion")["skip_attn"]], 0),
+    "pp.skip_attn_acc": lambda: pct(pp_acc()["skip_attn"]),
+    "pp.skip_layer_acc": lambda: pct(pp_acc()["skip_layer"]),
+    "pp.skip_layer_first": lambda: pct(pp_ret("first")["skip_layer"], 0),
+    "pp.tv": lambda: f(float(pp_att_top()["tv"]), 3),
+    "pp.tv_head": lambda: pp_att_top()["head"],
+    "pp.route_direct": lambda: sgn(pp_routes()["direct"]),
+    "pp.route_attn": lambda: sgn(next(v for k, v in pp_routes().items() if k.startswith("attn"))),
+    "pp.route_mlp": lambda: sgn(next(v for k, v in pp_routes().items() if k.startswith("mlp"))),
+    "pp.route_norm": lambda: sgn(pp_routes()["norm"]),
+    "pp.route_total": lambda: sgn(pp_routes()["total"]),
+    "pp.route_token": lambda: [c for c in C(f"{PP}/routes_first_token.csv")[0] if c != "route"][0],
+    "pp.n_configs": lambda: str(pp_n_configs()),
+    # logit_lens
+    "ll.norms": lambda: rng(min(ll_norms()), max(ll_norms())),
+    "ll.stable_rank": lambda: f(stable_rank(SHIPPED), 1),
+    "ll.shape": lambda: f"{matrix(SHIPPED).shape[0]} x {matrix(SHIPPED).shape[1]}",
+    "ll.boosted": lambda: tokens_md(ll_tokens("raw", "boosted")),
+    "ll.suppressed": lambda: tokens_md(ll_tokens("raw", "suppressed")),
+    "ll.same_top": lambda: "the same" if ll_tokens("raw", "boosted", 5) == ll_tokens("norm", "boosted", 5)
+                          else "different",
+    "ll.base_rate": lambda: pct(float(lang()[0]["base_rate"])),
+    "ll.sup_mean": lambda: pct(lang_mean("suppressed")),
+    "ll.boost_mean": lambda: pct(lang_mean("boosted")),
+    "ll.sup_layers": lambda: layers_str(lang_sig("suppressed")),
+    "ll.sup_late": lambda: layers_str([r for r in lang_sig("suppressed") if int(r["layer"]) >= 20]),
+    "ll.sup_top": lambda: (lambda rows: f"{pct(float(rows[0]['non_english_share']), 0)} non-English at layers "
+                                        f"{layers_str(rows)}, p = {f(float(rows[0]['p_value']), 3)}")(lang_top_sup()),
+    "ll.boost_layers": lambda: (lambda rows: f"{layers_str(rows)} *boost* non-English tokens "
+                                             f"({' and '.join(pct(float(r['non_english_share']), 0) for r in rows)})")(
+        lang_sig("boosted")),
+    "ll.kl_first_below": lambda: str(rlens_first_kl_below()),
+    "ll.kl_early_bumps": lambda: ", ".join(f"{r['layer']}: {f(float(r['kl']), 3)}" for r in rlens_above(0.03)),
+    "ll.diverge": lambda: str(rlens_first_diverge()),
+    "ll.low_agree_layers": lambda: rng(min(int(r["layer"]) for r in rlens_low_agree()),
+                                       max(int(r["layer"]) for r in rlens_low_agree()), str),
+    "ll.low_agree": lambda: pct_range([float(r["top1_agreement"]) for r in rlens_low_agree()], 0),
+    "ll.last_kl": lambda: f(float(rlens("first")[-1]["kl"])),
+    "ll.last_differ": lambda: pct(1 - float(rlens("first")[-1]["top1_agreement"]), 0),
+    "ll.n_first": lambda: str(rlens_n("first")),
+    "ll.completion_kl": lambda: f(float(rlens("completion")[-1]["kl"])),
+    "ll.completion_agree": lambda: pct(float(rlens("completion")[-1]["top1_agreement"]), 0),
+    "ll.n_completion": lambda: str(rlens_n("completion")),
+    "ll.steps": lambda: str(train_info(SHIPPED)["steps"]),
+    # persistence
+    "pers.tokens": lambda: str(pers_tokens()),
+    "pers.dv1": lambda: f(pers_mean(1, "diff_vector")),
+    "pers.dd1": lambda: f(pers_mean(1, "diff_diff")),
+    "pers.dd29": lambda: f(pers_mean(29, "diff_diff")),
+    "pers.dv29": lambda: f(pers_mean(29, "diff_vector")),
+    "pers.l0_norm": lambda: f(float(pers_row(0, 0)["delta_norm"])),
+    "pers.l0_final": lambda: f(float(pers_row(0, 29)["delta_norm"]), 0),
+    "pers.l25_final": lambda: f(float(pers_row(25, 29)["delta_norm"]), 1),
+    "pers.lang": pers_lang_sig,
+    # composition
+    "comp.all": lambda: f"{pct(s0(ADD1_60)['greedy_acc'])} greedy / {pct(s0(ADD1_60)['sampled_acc'])} sampled",
+    "comp.all_steps": lambda: str(J(ADD1_60)["steps"]),
+    "comp.base": lambda: f"{pct(J(ADD1)['base']['greedy_acc'])} greedy / {pct(J(ADD1)['base']['sampled_acc'])} sampled",
+    "comp.mid_r": comp_mid_r,
+    "comp.late_r": lambda: pair(f(float(comp("greedy")[28, 29]["R"])), f(float(comp("sampled")[28, 29]["R"]))),
+    "comp.best": lambda: f"{pct(s0(ADD1_60)['greedy_acc'], 0)} vs {pct(comp_best('greedy'))} greedy, "
+                         f"{pct(s0(ADD1_60)['sampled_acc'], 0)} vs {pct(comp_best('sampled'), 0)} sampled",
+    "comp.steps": lambda: "; ".join(
+        f"layer {layer} at lr {lr_fmt(train_info(f'{CO}/vectors/layer{layer}')['config']['lr'])} for "
+        f"{train_info(f'{CO}/vectors/layer{layer}')['steps']} steps" for layer in (29, 28, 14)),
+    # transfer
+    "tr.ft_steps": lambda: str(J(FULL)["steps"]),
+    "tr.ft_vec_steps": lambda: str(train_info(f"{TR}/vectors-finetuned")["steps"]),
+    "tr.ft_acc": lambda: pct(tr()["full-FT", "unsteered"][0]),
+    "tr.ft_norm": lambda: f(norms(f"{TR}/vectors-finetuned").mean()),
+    "tr.base_norm": lambda: f(norms(SHIPPED).mean()),
+    "tr.denominator": lambda: _round(100 * (tr()["full-FT", "full-FT"][0] - tr()["full-FT", "unsteered"][0]), 1),
+    "tr.r2": lambda: f(min(tr_map()["map_r2"].values()), 3),
+    "tr.cos_early": lambda: tr_cos(0, 13),
+    "tr.cos_late": lambda: tr_cos(24, 29),
+    "tr.tokens": lambda: thousands(html_n(f"{TR}/residual_map_r2.html", r"\((\d+) tokens\)")),
+    "tr.mapped": lambda: pct(tr_map()["mapped"]),
+    "tr.copied": lambda: pct(tr_map()["copied"]),
+    "tr.n_train": lambda: str(task_sizes(ADD1)[0]),
+    # adaptive_magnitudes
+    "ad.steps": lambda: str(J(f"{AD}/train_info.json")["steps"]),
+    "ad.mag": lambda: pct_range([float(ad_summary(layer)["mean_abs"]) for layer in (10, 20, 28)], 2),
+    "ad.l28_top": lambda: f(seg_top(28)[1], 4),
+    "ad.l28_ratio": lambda: seg_ratio(28),
+    "ad.l28_rest": lambda: rng(min(seg_top(28)[2]), max(seg_top(28)[2]), lambda x: f(x, 4)),
+    "ad.l10_top": lambda: f(seg_top(10)[1], 4),
+    "ad.l10_rest": lambda: rng(min(seg_top(10)[2]), max(seg_top(10)[2]), lambda x: f(x, 4)),
+    "ad.l20": lambda: (lambda d: f"{f(d['assistant header'], 4)}, {f(d['user message'], 4)}")(seg(20)),
+    "ad.r10": lambda: f(float(ad_summary(10)["pearson_r_vs_cos"])),
+    "ad.r_other": lambda: " and ".join(f(float(ad_summary(layer)["pearson_r_vs_cos"])) for layer in (20, 28)),
+    "ad.n_samples": lambda: str(len({r["sample"] for r in C(f"{AD}/magnitudes.csv")})),
+    # diffsae
+    "sae.n_gens": lambda: str(sae_summary()["generations"]),
+    "sae.acc": lambda: pct(sae_summary()["accuracy"]),
+    "sae.counts": lambda: (lambda c: f"{c[0]} vs {c[1]}")(sae_counts()),
+    "sae.errors": sae_errors,
+    "sae.rows": lambda: thousands(sum(float(r["n_rows"]) for r in C(f"{SA}/add1-sae-quality.csv") if r["layer"] == "29")),
+    "sae.fvu": lambda: pct_range([float(r["fvu"]) for r in sae_quality()]),
+    "sae.dead": lambda: pct_range([float(r["dead_fraction"]) for r in sae_quality()], 0),
+    "sae.growth": lambda: f"{round(float(sae_quality()[-1]['mean_delta_norm']) / float(sae_quality()[0]['mean_delta_norm']))}x",
+    "sae.sig_fisher": lambda: sae_sig_range("significant_features"),
+    "sae.sig_within": lambda: sae_sig_range("significant_within_problems"),
+    "sae.pos_diff": sae_pos_diff,
+    "sae.survive_layers": lambda: join_and([str(x) for x in sae_survivors()[0]]),
+    "sae.survive_q": lambda: f"{sci(min(sae_survivors()[2]), 0)} to {sci(max(sae_survivors()[2]), 0)}",
+    "sae.drop": lambda: "; ".join(f"layer {layer}'s does not (q = {sci(sae_within_q(layer, sae_top(layer)['feature']))})"
+                                  for layer in sae_survivors()[1]),
+    "sae.splice": lambda: sci(sae_summary()["attribution"]["output_change"]),
+    "sae.attr": lambda: (lambda a: f"features {f(a['features'], 1)}, reference {sgn(a['reference'], 1)}, "
+                                   f"error {f(a['error'], 1)}, bias {f(a['bias'], 1)}")(sae_summary()["attribution"]),
+    "sae.top_pos": lambda: str(sae_summary()["attribution"]["top_positive"]),
+    "sae.top_neg": lambda: ", ".join(map(str, sae_summary()["attribution"]["top"][:3])),
+    "sae.norm963": lambda: f(sae_summary()["feature_steering"]["norms"]["963"], 1),
+    "sae.norm1911": lambda: f(sae_summary()["feature_steering"]["norms"]["1911"], 1),
+    "sae.vec_norm29": lambda: f(norms(SHIPPED)[-1]),
+    "sae.delta29": lambda: f(float(sae_quality()[-1]["mean_delta_norm"]), 0),
+    "sae.963_gain": lambda: _round(100 * (float(sae_steer("vectors + feature 963")["sampled_acc"])
+                                          - float(sae_steer("vectors")["sampled_acc"])), 1),
+    "sae.963_samples": sae_963_samples,
+    "sae.tokens_s": lambda: rng(min(float(r["tokens_per_s"]) for r in sae_quality()),
+                                max(float(r["tokens_per_s"]) for r in sae_quality()), thousands),
+    # last_layer_token_vector
+    "tv.n": lambda: str(tv_n()),
+    "tv.top_scale": lambda: f"{max(r['scale'] for r in JL(TV)):g}",
+    "tv.top_first": lambda: tv_first(max(r["scale"] for r in JL(TV))),
+}
+VALUES = V
+
+# --- rendering ---------------------------------------------------------------------------------------------
+
+
+def pages() -> list[Path]:
+    out = []
+    for pattern in PAGES:
+        out += sorted(ROOT.glob(pattern))
+    return list(dict.fromkeys(out))
+
+
+def render_text(text: str, used: set[str] | None = None, where: str = "") -> str:
+    def table(m: re.Match) -> str:
+        indent, name = m.group(1), m.group(2)
+        if name not in TABLES:
+            raise KeyError(f"{where}: unknown table {name!r}")
+        if used is not None:
+            used.add(name)
+        body = "\n".join((indent + line) if line else line for line in TABLES[name]().splitlines())
+        return f"{indent}<!-- table: {name} -->\n{body}\n{indent}<!-- /table -->"
+
+    def value(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in VALUES:
+            raise KeyError(f"{where}: unknown value {name!r}")
+        if used is not None:
+            used.add(name)
+        return f"<!-- v: {name} -->{VALUES[name]()}<!-- /v -->"
+
+    opened = (len(re.findall(r"^[ \t]*<!-- table: ", text, re.M)), len(re.findall(r"(?<!`)<!-- v: ", text)))
+    closed = (len(TABLE_RE.findall(text)), len(VALUE_RE.findall(text)))
+    if opened != closed:
+        raise ValueError(f"{where}: a table or value marker is not closed (tables, values opened {opened}, closed {closed})")
+    return VALUE_RE.sub(value, TABLE_RE.sub(table, text))
+
+
+def render_all() -> tuple[dict[Path, tuple[str, str]], set[str], list[str]]:
+    """{page: (current text, rendered text)} for every page with markers, the names used, and errors."""
+    used: set[str] = set()
+    out, errors = {}, []
+    for page in pages():
+        text = page.read_text()
+        if "<!-- table: " in text or "<!-- v: " in text:
+            rel = str(page.relative_to(ROOT))
+            try:
+                out[page] = (text, render_text(text, used, rel))
+            except Exception as e:  # a results file that is missing or says something else: name the page
+                errors.append(f"{rel}: {type(e).__name__}: {e}")
+    return out, used, errors
+
+
+def check() -> list[str]:
+    """Problems: pages whose marked spans disagree with the results, names that fail or that no page uses."""
+    rendered, used, problems = render_all()
+    for page, (old, new) in rendered.items():
+        if old != new:
+            rel = str(page.relative_to(ROOT))
+            diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), rel, rel + " (from results)", n=0))
+            problems.append(diff)
+    unused = sorted((set(TABLES) | set(VALUES)) - used)
+    if unused and not any("Error" in p for p in problems):
+        problems.append("declared but used by no page: " + ", ".join(unused))
+    return problems
+
+
+def main() -> int:
+    if "--check" in sys.argv:
+        problems = check()
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print("out of date with results/; run: python scripts/render_tables.py", file=sys.stderr)
+        return 1 if problems else 0
+    rendered, used, errors = render_all()
+    for e in errors:
+        print(e, file=sys.stderr)
+    for page, (old, new) in rendered.items():
+        if old != new:
+            page.write_text(new)
+            print(f"wrote {page.relative_to(ROOT)}")
+    unused = sorted((set(TABLES) | set(VALUES)) - used)
+    if unused:
+        print("declared but used by no page: " + ", ".join(unused), file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
