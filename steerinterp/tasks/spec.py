@@ -7,6 +7,7 @@ from pathlib import Path
 from steerinterp.errors import SteerInterpError
 from steerinterp.tasks.arithmetic import arithmetic_task
 from steerinterp.tasks.jsonl import gsm8k_task, math_task
+from steerinterp.tasks.multistep import multistep_task
 
 GSM8K_LENIENT_TEMPLATE = "{question}\nGive the final answer as a number."
 
@@ -19,12 +20,16 @@ def load_task(spec: str, *, verifier: str | None = None, seed: int = 0, limit: i
       protocol, see ``arithmetic_task``);
     * ``gsm8k:train.jsonl`` or ``gsm8k:train.jsonl,test.jsonl`` (a directory with both works too);
       ``verifier="last_number"`` switches to the lenient check with a number-asking prompt;
-    * ``math:file.jsonl``.
+    * ``math:file.jsonl``;
+    * ``multistep:word2`` / ``multistep:mixed`` / ``multistep:mul2``: two-step arithmetic with a step-by-step
+      system prompt and an ``Answer: N`` line (``multistep_task``).
     """
     kind, _, arg = spec.partition(":")
     if kind == "arithmetic":
         level, _, split = arg.partition(":")
         return arithmetic_task(level or "add1", seed=seed, verifier=verifier or "last_number", split=split or "disjoint")
+    if kind == "multistep":
+        return multistep_task(arg or "word2", seed=seed, verifier=verifier or "last_number")
     if kind in ("gsm8k", "math"):
         if not arg:
             raise SteerInterpError(f"task {spec!r} needs a path: {kind}:PATH")
@@ -38,7 +43,8 @@ def load_task(spec: str, *, verifier: str | None = None, seed: int = 0, limit: i
                                   user_template=GSM8K_LENIENT_TEMPLATE, seed=seed, limit=limit)
             return gsm8k_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
         return math_task(train, test, verifier=verifier or "boxed", seed=seed, limit=limit)
-    raise SteerInterpError(f"unknown task {spec!r}; use arithmetic[:LEVEL[:SPLIT]], gsm8k:PATH or math:PATH")
+    raise SteerInterpError(f"unknown task {spec!r}; use arithmetic[:LEVEL[:SPLIT]], multistep[:LEVEL], "
+                           "gsm8k:PATH or math:PATH")
 
 
 def task_digest(task) -> str:
