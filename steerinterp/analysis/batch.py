@@ -244,6 +244,8 @@ def run_blocks(model: HookedModel, batch: Batch, steering, names_filter: Callabl
     stop = n if stop is None else stop
     if resid is None and start != 0:
         raise SteerInterpError(f"starting at block {start} needs the residual entering it")
+    if is_bridge(model):
+        return _bridge_blocks(model, batch, steering, names_filter, hooks, start, resid, stop)
     cache_dict, caching = {}, []
     if names_filter is not None:
         cache_dict, caching, _ = model.get_caching_hooks(names_filter)
@@ -254,6 +256,42 @@ def run_blocks(model: HookedModel, batch: Batch, steering, names_filter: Callabl
             out = model(resid, start_at_layer=start, tokens=batch.tokens, attention_mask=batch.attention_mask,
                         stop_at_layer=stop)
     return out, cache_dict
+
+
+def _bridge_blocks(model, batch: Batch, steering, names_filter, hooks, start: int, resid, stop: int):
+    """``run_blocks`` on a TransformerBridge, which cannot start a forward at a block: the forward runs from
+    the tokens and a hook on ``blocks.{start-1}.hook_resid_post`` (after the steering's own hooks there)
+    replaces the residual with ``resid``, so blocks ``start`` on see exactly what ``start_at_layer`` would
+    give them; the blocks before run for nothing. The residual after block ``stop - 1`` is read by a hook
+    added after all others."""
+    n = model.cfg.n_layers
+    wanted = names_filter if callable(names_filter) else (set(names_filter) if names_filter is not None else set())
+    keep = (lambda name: wanted(name)) if callable(wanted) else (lambda name: name in wanted)
+    cache_dict: dict[str, torch.Tensor] = {}
+
+    def store(name):
+        def fn(act, hook):
+            cache_dict[name] = act.detach()
+            return None
+
+        return fn
+
+    pairs = []
+    if resid is not None and start > 0:
+        pairs.append((f"blocks.{start - 1}.hook_resid_post", lambda act, hook: resid.to(act.dtype)))
+    pairs += list(hooks)
+    pairs += [(name, store(name)) for name in model.hook_dict if keep(name)]
+    out: dict[str, torch.Tensor] = {}
+
+    def final(act, hook):
+        out["resid"] = act.detach()
+        return None
+
+    pairs.append((f"blocks.{stop - 1}.hook_resid_post", final))
+    with steering_context(model, steering, batch), hooks_applied(model, pairs):
+        model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop if stop < n else None,
+              return_type=None if stop == n else "logits")
+    return out["resid"], cache_dict
 
 
 def entering(layer: int) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from steerinterp.analysis.architecture import architecture
 from steerinterp.analysis.batch import Batch, as_batch, budget_rows, rows_per_forward, run_blocks
 from steerinterp.analysis.readout import final_logprobs
 from steerinterp.analysis.result import AnalysisResult
@@ -87,7 +88,22 @@ _NAMES = {"z": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn
           "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
 
 
-def block_hook(layer: int, key: str) -> str:
+def block_hook(layer: int, key: str, model=None) -> str:
+    """The hook of activation ``key`` (``z, q, k, v, attn_out, mlp_out, resid_post``) in block ``layer``.
+
+    With ``model``, queries and keys of an architecture whose q/k norms span all heads (OLMo-2) are read
+    after the norms and the rotation (``hook_rot_q`` / ``hook_rot_k``): patching one head's ``hook_q``
+    before them would move every head's queries. The rotation depends only on the position, so this is
+    patching the head's normalised queries / keys. Elsewhere ``hook_q`` / ``hook_k`` (per-head norms and
+    the rotation act head by head, so patching before them is the same)."""
+    if key in ("q", "k") and model is not None:
+        arch = architecture(model)
+        if arch.qk_norm_spans_heads:
+            rotated = f"blocks.{layer}.attn.hook_rot_{key}"
+            if getattr(model.cfg, "positional_embedding_type", None) != "rotary" or rotated not in model.hook_dict:
+                raise arch.refusal(f"patching {key} by head", "its q/k norm spans all heads and the model has no hook "
+                                                             "after it (hook_rot_q / hook_rot_k)")
+            return rotated
     return f"blocks.{layer}.{_NAMES[key]}"
 
 
@@ -99,8 +115,8 @@ class PatchHooks:
     ``set_sources`` replaces them before each forward (one call per decoding step in generation).
     """
 
-    def __init__(self, layer: int, patches: Sequence[Patch]):
-        self.layer, self.patches = layer, list(patches)
+    def __init__(self, layer: int, patches: Sequence[Patch], model=None):
+        self.layer, self.patches, self.model = layer, list(patches), model
         self.base: dict[str, torch.Tensor] = {}
         self.steered: dict[str, torch.Tensor] = {}
         self._patched_attn: torch.Tensor | None = None
@@ -159,8 +175,8 @@ class PatchHooks:
     def hooks(self) -> list[tuple[str, object]]:
         layer = self.layer
         return [
-            (block_hook(layer, "q"), self._heads("q", "q_heads")),
-            (block_hook(layer, "k"), self._heads("k", "k_groups")),
+            (block_hook(layer, "q", self.model), self._heads("q", "q_heads")),
+            (block_hook(layer, "k", self.model), self._heads("k", "k_groups")),
             (block_hook(layer, "v"), self._heads("v", "v_groups")),
             (block_hook(layer, "z"), self._heads("z", "z_heads")),
             (block_hook(layer, "attn_out"), self._attn_out),
@@ -210,12 +226,12 @@ class BlockSources:
 @torch.no_grad()
 def block_sources(model, batch: Batch, steering, layer: int) -> BlockSources:
     """The base run (all blocks) and the steered run up to the patched block, caching only what patches read."""
-    sources = [block_hook(layer, k) for k in SOURCE_KEYS]
+    sources = [block_hook(layer, k, model) for k in SOURCE_KEYS]
     resid_pre = f"blocks.{layer}.hook_resid_pre"
     base_final, base = run_blocks(model, batch, None, sources)
     _, steered = run_blocks(model, batch, steering, sources + [resid_pre], stop=layer + 1)
-    return BlockSources({k: base[block_hook(layer, k)] for k in SOURCE_KEYS},
-                        {k: steered[block_hook(layer, k)] for k in SOURCE_KEYS}, steered[resid_pre], base_final)
+    return BlockSources({k: base[block_hook(layer, k, model)] for k in SOURCE_KEYS},
+                        {k: steered[block_hook(layer, k, model)] for k in SOURCE_KEYS}, steered[resid_pre], base_final)
 
 
 @torch.no_grad()
@@ -230,7 +246,7 @@ def patched_finals(model, batch: Batch, steering, patches: Sequence[Patch], laye
     per_forward = patch_chunk or max(1, budget_rows(model, batch.tokens.shape[1]) // len(batch))
     for c0 in range(0, len(live), per_forward):
         group = live[c0 : c0 + per_forward]
-        hooks = PatchHooks(layer, [p for _, p in group])
+        hooks = PatchHooks(layer, [p for _, p in group], model)
         hooks.set_sources(src.base, src.steered)
         stacked = _repeat(batch, len(group))
         resid, _ = run_blocks(model, stacked, steering, hooks=hooks.hooks(), start=layer,

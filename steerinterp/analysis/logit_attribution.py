@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
+from steerinterp.analysis.architecture import architecture, final_norm
 from steerinterp.analysis.batch import Batch, TokenBatch, as_batch, run_cached
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.tokens import token_id
@@ -132,10 +133,14 @@ def logit_attribution(model: HookedModel, inputs, token, against=None, *, positi
 
 def _hook_names(model, heads: bool) -> list[str]:
     cfg = model.cfg
-    if getattr(cfg, "output_logits_soft_cap", 0) and cfg.output_logits_soft_cap > 0:
-        raise SteerInterpError("this model soft-caps its logits (a nonlinearity after the unembedding); "
-                               "direct logit attribution does not apply")
-    names = ["hook_embed"] + (["hook_pos_embed"] if "hook_pos_embed" in model.hook_dict else [])
+    arch = architecture(model)
+    if arch.logit_soft_cap is not None:
+        raise arch.refusal("direct logit attribution", f"it soft-caps its logits (cap {arch.logit_soft_cap:g}), a "
+                                                       "nonlinearity after the unembedding")
+    if heads and arch.post_norms:
+        raise arch.refusal("per-head logit attribution", "a norm follows each attention output, so it is no sum over "
+                                                         "heads; use heads=False")
+    names = ["hook_embed"] + (["hook_pos_embed"] if _standard_positions(model) else [])
     for layer in range(cfg.n_layers):
         names.append(f"blocks.{layer}.attn.hook_z" if heads else f"blocks.{layer}.hook_attn_out")
         if heads:
@@ -148,14 +153,16 @@ def _hook_names(model, heads: bool) -> list[str]:
     return names
 
 
+def _standard_positions(model) -> bool:
+    """Learned absolute positions added to the residual stream (GPT-2), a component of their own."""
+    return getattr(model.cfg, "positional_embedding_type", None) == "standard" and "hook_pos_embed" in model.hook_dict
+
+
 def _final_norm(model):
-    """``(kind, gamma, beta)`` of the final norm: kind ``"rms"``, ``"ln"`` (centres) or ``None`` (no norm)."""
-    kind = {"RMS": "rms", "RMSPre": "rms", "LN": "ln", "LNPre": "ln"}.get(model.cfg.normalization_type)
-    ln = getattr(model, "ln_final", None)
-    w, b = getattr(ln, "w", None), getattr(ln, "b", None)
-    gamma = w.detach().double() if isinstance(w, torch.Tensor) else None
-    beta = b.detach().double() if isinstance(b, torch.Tensor) else None
-    return kind, gamma, beta
+    """``(kind, gamma, beta)`` of the final norm: kind ``"rms"``, ``"ln"`` (centres) or ``None`` (no norm);
+    ``gamma`` is the gain the model applies (Gemma: ``1 + w``)."""
+    norm = final_norm(model, "direct logit attribution")
+    return norm.kind, norm.gain, norm.bias
 
 
 def _attribute(model, cache, run, token, against, positions, heads, names) -> LogitAttributionResult:

@@ -5,8 +5,10 @@ Two readouts (PAPER_NOTES sections 4.3 and 8.2):
 * ``mode="raw"`` (the papers'): ``dot = W_U s`` and ``cos = cos(s, W_U[:, v])`` for every token v,
   with the raw unembedding (no final-norm gain, no centring). Needs a model loaded with
   ``processed=False`` (``load_model``'s default), where ``W_U`` is the HF ``lm_head``.
-* ``mode="norm"``: the same through the final RMSNorm's gain, ``W_U (gamma * s)``, the direction a
-  last-layer vector actually writes into the logits.
+* ``mode="norm"``: the same through the final norm's linear part, ``W_U (gamma * P s)``, the direction a
+  last-layer vector actually writes into the logits: ``gamma`` is the norm's gain as the model applies it
+  (``1 + w`` for Gemma) and ``P`` centres ``s`` for a LayerNorm (GPT-2; identity for an RMSNorm). A
+  logit soft-cap (Gemma-2) is monotone and leaves the ranking alone; ``dot`` is before it.
 
 ``prob`` is ``softmax(dot)`` (the first paper's ranking). Pass a ``SteeringSet`` or any
 ``{layer: vector}`` mapping, e.g. the final-layer mean shifts of ``persistence``.
@@ -20,6 +22,7 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
+from steerinterp.analysis.architecture import FinalNorm, final_norm
 from steerinterp.analysis.batch import token_strings
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.analysis.vectors import as_vector_dict
@@ -98,17 +101,17 @@ class LogitLensResult(AnalysisResult):
         return fig
 
 
-def unembedding_directions(model: HookedModel, mode: Mode = "raw") -> tuple[Float[torch.Tensor, "d vocab"], torch.Tensor | None]:
-    """``(W_U, gamma)`` for a lens mode; errors if the weights were processed (gain folded into W_U)."""
+def unembedding_directions(model: HookedModel, mode: Mode = "raw") -> tuple[Float[torch.Tensor, "d vocab"], FinalNorm | None]:
+    """``(W_U, final norm)`` for a lens mode (the norm only for ``"norm"``); errors if the weights were
+    processed (gain folded into W_U) or the final norm is not one the lens can reproduce."""
     if mode not in ("raw", "norm"):
         raise SteerInterpError(f"mode={mode!r}; choose 'raw' (the papers') or 'norm' (through the final norm's gain)")
-    gamma = getattr(model.ln_final, "w", None)
-    if gamma is None:
+    if getattr(model.ln_final, "w", None) is None:
         raise SteerInterpError(
             "this model was loaded with processed weights (the final norm's gain is folded into W_U and the "
             "rows centred), so the papers' raw logit lens is not available; load it with processed=False"
         )
-    return model.W_U.detach(), gamma.detach()
+    return model.W_U.detach(), (final_norm(model, "the norm-aware logit lens") if mode == "norm" else None)
 
 
 @torch.no_grad()
@@ -117,14 +120,14 @@ def vector_logit_lens(model: HookedModel, vectors, *, mode: Mode = "raw", k: int
     vecs = as_vector_dict(vectors)
     if not vecs:
         raise SteerInterpError("no vectors to read out")
-    w_u, gamma = unembedding_directions(model, mode)
+    w_u, norm = unembedding_directions(model, mode)
     w = w_u.double().cpu()
     for layer, v in vecs.items():
         if v.shape[0] != w.shape[0]:
             raise SteerInterpError(f"vector for layer {layer} has width {v.shape[0]}, the model's d_model is {w.shape[0]}")
     m = torch.stack([v.double().cpu() for v in vecs.values()])
     if mode == "norm":
-        m = m * gamma.double().cpu()
+        m = norm.linear(m)
     dot = m @ w
     cos = (m / m.norm(dim=-1, keepdim=True).clamp_min(1e-30)) @ (w / w.norm(dim=0, keepdim=True).clamp_min(1e-30))
     vocab = token_strings(model, range(w.shape[1]))

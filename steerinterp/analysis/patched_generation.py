@@ -14,11 +14,19 @@ from dataclasses import dataclass
 
 import torch
 
+from steerinterp.analysis.architecture import architecture, final_logits
 from steerinterp.analysis.block_patching import SOURCE_KEYS, Patch, PatchHooks, block_hook, check_layer, patch_figure
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 from steerinterp.steering.hooks import hooks_applied
-from steerinterp.types import model_device
+from steerinterp.types import is_bridge, model_device
+
+
+def _check_backend(model) -> None:
+    if is_bridge(model):
+        raise architecture(model).refusal(
+            "patched generation", "it decodes with TransformerLens KV caches, which a TransformerBridge lacks; "
+            "load the model with backend='hooked'")
 
 
 class PatchedEngine:
@@ -29,8 +37,10 @@ class PatchedEngine:
     def __init__(self, model, layer: int, patch: Patch):
         if patch.base_run:
             raise SteerInterpError("the 'base' configuration is the unsteered model; generate without steering instead")
+        _check_backend(model)
+        self.arch = architecture(model)
         self.model, self.layer, self.patch = model, layer, patch
-        self.hooks = PatchHooks(layer, [patch])
+        self.hooks = PatchHooks(layer, [patch], model)
         self._need_steered = patch.path != "both" and patch.touches_attention
         self._vecs = None
         self._ctx = None
@@ -71,7 +81,7 @@ class PatchedEngine:
 
             return fn
 
-        pairs = [(block_hook(self.layer, k), grab(k)) for k in SOURCE_KEYS]
+        pairs = [(block_hook(self.layer, k, self.model), grab(k)) for k in SOURCE_KEYS]
         with (self._steer() if steered else contextlib.nullcontext()), hooks_applied(self.model, pairs):
             self.model(ids, attention_mask=new_mask, past_kv_cache=self.caches[which], stop_at_layer=self.layer + 1)
         return got
@@ -83,7 +93,7 @@ class PatchedEngine:
         self.hooks.set_sources(base, steered)
         with self._steer(), hooks_applied(m, self.hooks.hooks()):
             resid = m(ids, attention_mask=new_mask, past_kv_cache=self.caches["patched"], stop_at_layer=m.cfg.n_layers)
-        return m.unembed(m.ln_final(resid[:, -1:, :]))[:, 0, :]
+        return final_logits(m, resid[:, -1:, :], self.arch)[:, 0, :]
 
 
 @dataclass
@@ -117,6 +127,8 @@ def patched_accuracy(model, task, steering, patches: Sequence[Patch], *, layer: 
     from steerinterp.tasks.evaluation import EvalResult, evaluate
 
     layer = check_layer(model, steering, layer)
+    if any(not p.base_run and p != Patch(p.name) for p in patches):
+        _check_backend(model)
     result = EvalResult(task.name)
     kw = dict(problems=problems, greedy=greedy, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
     for patch in tqdm(list(patches), desc="patched generation", disable=not progress):

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from steerinterp.analysis.architecture import architecture, final_logits
 from steerinterp.analysis.batch import Batch, as_batch, budget_rows, entering, rows_per_forward, run_blocks, selected_chunks
+from steerinterp.analysis.block_patching import block_hook
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 
@@ -81,6 +83,13 @@ class Node:
     @property
     def hook(self) -> str:
         return f"blocks.{self.layer}.{_HOOK[self.kind]}"
+
+    def hook_in(self, model) -> str:
+        """The hook of this node in ``model``: queries and keys where the attention scores read them (after
+        the q/k norms and the rotation on a rotary model: ``hook_rot_q`` / ``hook_rot_k``, as block patching)."""
+        if self.kind in ("q", "k"):
+            return block_hook(self.layer, self.kind, model)
+        return self.hook
 
     def __str__(self) -> str:
         if self.kind == "logits":
@@ -139,18 +148,20 @@ def completion_logprob_metric() -> LogitMetric:
 
 def metric_values(model, final: torch.Tensor, batch: Batch, metric: Callable, position_chunk: int = 128) -> torch.Tensor:
     """``metric`` per sequence of the logits read from the final residual ``final`` [batch, pos, d_model]
-    (``ln_final`` and the unembedding, no hooks), float64 [batch]. A ``LogitMetric`` unembeds only its
-    positions, ``position_chunk`` at a time; another callable gets full logits one sequence at a time."""
+    (``ln_final``, the unembedding and the logit soft-cap, no hooks), float64 [batch]. A ``LogitMetric``
+    unembeds only its positions, ``position_chunk`` at a time; another callable gets full logits one
+    sequence at a time."""
+    arch = architecture(model)
     if isinstance(metric, LogitMetric):
         sums = torch.zeros(len(batch), dtype=torch.float64, device=final.device)
         for rows, pos in selected_chunks(metric.select(batch).to(final.device), position_chunk):
-            logits = model.unembed(model.ln_final(final[rows, pos][None]))[0]
+            logits = final_logits(model, final[rows, pos], arch)
             metric.add(sums, logits, batch, rows, pos)
             del logits
         return metric.finish(sums, batch).double().cpu()
     out = []
     for r in range(len(batch)):
-        logits = model.unembed(model.ln_final(final[r : r + 1]))
+        logits = final_logits(model, final[r : r + 1], arch)
         out.append(metric(logits, batch.rows(slice(r, r + 1))).double().reshape(-1).cpu())
         del logits
     return torch.cat(out)
@@ -209,37 +220,43 @@ class _Step1:
         return cache[name].to(like.dtype).repeat(len(self.sets), *([1] * (like.dim() - 1)))
 
     def hook_z(self, layer):
+        name = f"blocks.{layer}.attn.hook_z"  # not hook.name: a TransformerBridge names the aliased hook point
+
         def fn(act, hook):
-            out = self._tile(self.ref, hook.name, act)
+            out = self._tile(self.ref, name, act)
             for p, senders in enumerate(self.sets):
                 for s in senders:
                     if s.kind == "z" and s.layer == layer:
-                        out[p * self.n : (p + 1) * self.n, :, s.index] = self.new[hook.name][:, :, s.index].to(act.dtype)
+                        out[p * self.n : (p + 1) * self.n, :, s.index] = self.new[name][:, :, s.index].to(act.dtype)
             return out
 
         return fn
 
     def hook_mlp(self, layer):
+        name = f"blocks.{layer}.hook_mlp_out"
+
         def fn(act, hook):
             for r in self.receivers:
                 if r.kind == "mlp_in" and r.layer == layer:
                     self.recorded[r] = act.clone()
             if not self.freeze_mlps and not any(s.kind == "mlp" and s.layer == layer for ss in self.sets for s in ss):
                 return None
-            out = self._tile(self.ref, hook.name, act) if self.freeze_mlps else act.clone()
+            out = self._tile(self.ref, name, act) if self.freeze_mlps else act.clone()
             for p, senders in enumerate(self.sets):
                 if any(s.kind == "mlp" and s.layer == layer for s in senders):
-                    out[p * self.n : (p + 1) * self.n] = self.new[hook.name].to(act.dtype)
+                    out[p * self.n : (p + 1) * self.n] = self.new[name].to(act.dtype)
             return out
 
         return fn
 
     def hook_resid(self, layer):
+        name = f"blocks.{layer}.hook_resid_post"
+
         def fn(act, hook):
             out = act.clone()
             for p, senders in enumerate(self.sets):
                 if any(s.kind == "resid" and s.layer == layer for s in senders):
-                    out[p * self.n : (p + 1) * self.n] = self.new[hook.name].to(act.dtype)
+                    out[p * self.n : (p + 1) * self.n] = self.new[name].to(act.dtype)
             return out
 
         return fn
@@ -253,7 +270,7 @@ class _Step1:
 
     def hooks(self):
         blocks = range(self.start, self.model.cfg.n_layers)
-        pairs = [(r.hook, self.record(r)) for r in self.receivers if r.kind in ("q", "k", "v")]
+        pairs = [(r.hook_in(self.model), self.record(r)) for r in self.receivers if r.kind in ("q", "k", "v")]
         pairs += [(f"blocks.{x}.attn.hook_z", self.hook_z(x)) for x in blocks]
         pairs += [(f"blocks.{x}.hook_mlp_out", self.hook_mlp(x)) for x in blocks]
         resid_layers = sorted({s.layer for ss in self.sets for s in ss if s.kind == "resid"})
@@ -261,7 +278,7 @@ class _Step1:
         return pairs
 
 
-def _step2_hooks(recorded: dict[Node, torch.Tensor]):
+def _step2_hooks(model, recorded: dict[Node, torch.Tensor]):
     def patch(node):
         def fn(act, hook):
             out = act.clone()
@@ -273,7 +290,7 @@ def _step2_hooks(recorded: dict[Node, torch.Tensor]):
 
         return fn
 
-    return [(n.hook, patch(n)) for n in recorded]
+    return [(n.hook_in(model), patch(n)) for n in recorded]
 
 
 def _repeat(batch: Batch, n: int) -> Batch:
@@ -339,9 +356,13 @@ def path_patch(model, inputs, senders: Sequence[Node | Sequence[Node]], receiver
             step1 = _Step1(model, group, receivers, ref, new, len(chunk), freeze_mlps, start)
             final, _ = run_blocks(model, stacked, ref_steering, hooks=step1.hooks(), start=start,
                                   resid=_tiled(ref, entering(start), len(group)) if start else None)
+            silent = [r for r in receivers if r.kind != "logits" and r not in step1.recorded]
+            if silent:
+                raise SteerInterpError(f"receiver {silent[0]}'s hook {silent[0].hook_in(model)} did not run in this "
+                                       "model's forward; path patching cannot record it")
             if not to_logits:
                 del final
-                final, _ = run_blocks(model, stacked, ref_steering, hooks=_step2_hooks(step1.recorded), start=start2,
+                final, _ = run_blocks(model, stacked, ref_steering, hooks=_step2_hooks(model, step1.recorded), start=start2,
                                       resid=_tiled(ref, entering(start2), len(group)) if start2 else None)
             del step1
             vals = metric_values(model, final, stacked, metric, position_chunk)
