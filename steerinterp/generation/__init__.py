@@ -2,7 +2,7 @@
 
     decode.py     generate, GenerationOutput, teacher_forced_logprobs, encode_prompts, left_pad
     engines.py    the Engine Protocol; HookedEngine (reference), HFEngine (fast mirror), BridgeEngine
-    hf_mirror.py  a transformers Llama built from a HookedTransformer's weights, self-checked
+    hf_mirror.py  the checkpoint's transformers class on a HookedTransformer's weights, self-checked
     sampling.py   the one sampler (greedy / temperature / top-p) every engine shares
 """
 

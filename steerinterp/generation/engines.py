@@ -6,8 +6,9 @@ logits. The decode loop and the sampler are shared (``decode.py``, ``sampling.py
 which implementation of the same network they run:
 
 * ``HookedEngine``: the TransformerLens ``HookedTransformer`` itself (the reference path);
-* ``HFEngine``: a plain ``transformers`` Llama mirror of the same weights with the vectors added by
-  PyTorch forward hooks on the matching modules (about 1.5-3x faster decode on CPU), proven
+* ``HFEngine``: the checkpoint's own ``transformers`` class mirroring the same weights (``hf_mirror.py``:
+  Llama, Mistral, Qwen2/3, Phi-3, Gemma-2/3, OLMo-2, GPT-2) with the vectors added by PyTorch forward hooks
+  on the matching modules (``steering/sites.py``; about 1.5-3x faster decode on CPU), proven
   token-identical on greedy decoding in the tests and self-checked on every build;
 * ``BridgeEngine``: a TransformerLens ``TransformerBridge`` (TransformerLens 4.x's model class),
   called with an HF cache.
@@ -93,27 +94,28 @@ class HookedEngine:
 
 
 class HFEngine:
-    """Decode with a transformers Llama mirror of the HookedTransformer's weights."""
+    """Decode with a transformers mirror (the checkpoint's own class) of the HookedTransformer's weights."""
 
     name = "hf"
 
     def __init__(self, model):
         self.model = model
-        self.hf = hf_mirror(model)
+        mirror = current_mirror(model)
+        self.hf, self.architecture = mirror.hf, mirror.architecture
 
     @staticmethod
-    def unmirrored_hook(vecs: Steering | None) -> str | None:
-        """The first hook of ``vecs`` with no HF site (None when all are mirrored)."""
+    def unmirrored_hook(vecs: Steering | None, architecture: str | None) -> str | None:
+        """The first hook of ``vecs`` with no HF site in ``architecture`` (None when all are mirrored)."""
         if vecs is None:
             return None
-        return next((name for name, _ in vecs.fwd_hooks(None) if hf_site(name) is None), None)
+        return next((name for name, _ in vecs.fwd_hooks(None) if hf_site(name, architecture) is None), None)
 
     @contextlib.contextmanager
     def steering(self, vecs: Steering | None, ctx: TokenContext):
         handles = []
         try:
             for name, fn in vecs.fwd_hooks(ctx) if vecs is not None else ():
-                site = hf_site(name)
+                site = hf_site(name, self.architecture)
                 if site is None:
                     raise SteerInterpError(f"engine='hf' cannot steer at {name!r}; use engine='hooked'")
                 with interrupts_deferred():  # registered and recorded in one uninterruptible step
@@ -144,10 +146,10 @@ class HFEngine:
         pos = position_ids(full_mask)[:, -ids.shape[1] :]
         # without padding, HF's causal path needs no explicit mask (and builds none)
         mask = None if bool(full_mask.all()) else full_mask
-        out = self.hf.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache, use_cache=True
-        )
-        return self.hf.lm_head(out.last_hidden_state[:, -1, :])
+        # the class's own head (final soft-cap included), on the last position only
+        out = self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
+                      use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
 
 
 def _register(module, side: str, fn, hook_name: str):
@@ -206,17 +208,22 @@ _MIRRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def hf_mirror(model):
-    """The HF mirror of ``model``, rebuilt whenever it no longer computes exactly what the model computes."""
+def current_mirror(model):
+    """The ``Mirror`` of ``model``, rebuilt whenever it no longer computes exactly what the model computes."""
     from steerinterp.generation.hf_mirror import build_hf_mirror
 
     cached = _MIRRORS.get(model)
     if cached is not None and cached.divergence(model) is None:
-        return cached.hf
+        return cached
     _MIRRORS.pop(model, None)
     mirror = build_hf_mirror(model)
     _MIRRORS[model] = mirror
-    return mirror.hf
+    return mirror
+
+
+def hf_mirror(model):
+    """The HF model of ``current_mirror(model)``."""
+    return current_mirror(model).hf
 
 
 def foreign_hooks(model) -> str | None:
@@ -257,7 +264,7 @@ ENGINES = ("auto", "hooked", "hf", "bridge")
 
 def choose_engine(model, engine: str, vecs):
     """Pick the engine: ``auto`` = bridge for bridges, else the HF mirror when it applies, else hooked."""
-    from steerinterp.generation.hf_mirror import MirrorUnsupported
+    from steerinterp.generation.hf_mirror import MirrorUnsupported, mirror_architecture
 
     if not isinstance(engine, str):
         if not isinstance(engine, Engine):
@@ -274,7 +281,7 @@ def choose_engine(model, engine: str, vecs):
         raise SteerInterpError("engine='bridge' needs a TransformerBridge model")
     if engine == "hooked":
         return HookedEngine(model)
-    unmirrored = HFEngine.unmirrored_hook(vecs)
+    unmirrored = HFEngine.unmirrored_hook(vecs, mirror_architecture(model))
     if unmirrored is not None:
         if engine == "hf":
             raise SteerInterpError(f"engine='hf' cannot steer at {unmirrored!r}; use engine='hooked'")
