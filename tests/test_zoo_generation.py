@@ -169,3 +169,31 @@ def test_the_mirror_memory_stays_within_budget(zoo, record_property):
     mirror = _MIRRORS[model]
     record_property("copied_fraction", f"{mirror.copied_fraction:.3f}")
     assert 0 < mirror.copied_fraction <= MIRROR_MEMORY_BUDGET
+
+
+@pytest.mark.parametrize("engine", ["hooked", "hf"])
+def test_sampling_logits_include_the_final_soft_cap(engine):
+    """Gemma-2 soft-caps its logits after the unembedding: both engines' next-token logits (what sampling
+    draws from) and teacher-forced log-probs (what RL differentiates) must be the capped ones."""
+    from transformers import AutoModelForCausalLM
+
+    from steerinterp.generation.engines import final_logits
+
+    directory = zoo_checkpoint("gemma2")
+    model = _load("gemma2")
+    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tokens = torch.tensor([[5, 70, 80, 90, 100, 33]])
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+        assert torch.allclose(final_logits(model, resid), ref, atol=1e-4)
+        assert not torch.allclose(model.unembed(model.ln_final(resid)), ref, atol=1e-3)  # the cap matters here
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, 3:] = True
+    lp = si.teacher_forced_logprobs(model, tokens, mask)
+    want = torch.log_softmax(ref[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    assert torch.allclose(lp[:, 1:][mask[:, 1:]], want[mask[:, 1:]], atol=1e-4)
+    # the same seed samples the same tokens from either engine: both draw from the capped distribution
+    a = si.generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, seed=3, engine=engine)
+    b = si.generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, seed=3, engine="hooked")
+    assert torch.equal(a.tokens, b.tokens)

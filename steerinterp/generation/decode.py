@@ -11,7 +11,7 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.generation.engines import choose_engine, expand_tl_cache, unique_rows
+from steerinterp.generation.engines import choose_engine, expand_tl_cache, final_logits, unique_rows
 from steerinterp.generation.sampling import check_sampling_args, make_generators, next_tokens
 from steerinterp.steering.hooks import check_attached
 from steerinterp.steering.positions import TokenContext
@@ -347,7 +347,7 @@ def teacher_forced_logprobs(
             parts = []
             with steer_ctx():
                 for c in range(0, max(1, picked_resid.shape[0]), position_chunk):  # [position_chunk, vocab] at a time
-                    logits = model.unembed(model.ln_final(picked_resid[None, c : c + position_chunk]))[0]
+                    logits = final_logits(model, picked_resid[None, c : c + position_chunk])[0]
                     parts.append(_picked_logprobs(logits, targets[c : c + position_chunk], temperature))
                     del logits
             picked = torch.cat(parts) if len(parts) > 1 else parts[0]

@@ -55,6 +55,27 @@ def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first[order], rank[inverse]
 
 
+def final_logits(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos vocab"]:
+    """The logits the model's own forward makes of final-block residuals: ``ln_final``, the unembedding and
+    the architecture's final logit soft-cap (Gemma-2's ``cap * tanh(logits / cap)``), which a bare
+    ``unembed(ln_final(x))`` would skip."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    return apply_softcap(model.unembed(model.ln_final(resid)), logit_soft_cap(model))
+
+
+def logit_soft_cap(model) -> float | None:
+    """The final logit soft-cap of ``model`` (TransformerLens's config, else the checkpoint's), or None."""
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+
+    from steerinterp.models.loading import checkpoint_config
+
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if not softcap_enabled(cap):
+        cap = getattr(checkpoint_config(model), "final_logit_softcapping", None)
+    return float(cap) if softcap_enabled(cap) else None
+
+
 def position_ids(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
     """Rotary positions that ignore left padding (pads get 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -89,8 +110,7 @@ class HookedEngine:
     def forward(self, ids, new_mask, full_mask) -> Float[torch.Tensor, "batch vocab"]:
         m = self.model
         resid = m(ids, attention_mask=new_mask, past_kv_cache=self.cache, stop_at_layer=m.cfg.n_layers)
-        last = resid[:, -1:, :]
-        return m.unembed(m.ln_final(last))[:, 0, :]
+        return final_logits(m, resid[:, -1:, :])[:, 0, :]
 
 
 class HFEngine:
