@@ -70,3 +70,12 @@ def test_train_vectors_on_a_fine_tuned_model(tmp_path):
     assert main(["train", *common, "--finetuned", str(tmp_path / "ft" / "final"), "--layers", "2",
                  "--out", str(tmp_path / "vec")]) == 0
     assert (tmp_path / "vec" / "final" / "vectors.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["demo", "analyze", "report", "generate", "train", "eval"])
+def test_every_help_page_renders(command, capsys):
+    """argparse formats help strings with %: a '%' in a setting's help once crashed `train --help`."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: steerinterp" in capsys.readouterr().out

@@ -19,7 +19,8 @@ def test_answers_are_the_arithmetic_of_the_question(level):
     for p in list(task.train[:200]) + list(task.test):
         nums = [int(x) for x in re.findall(r"\d+", p.question)]
         expected = {"word2": lambda a, b, c: a + b * c, "mixed": lambda a, b, c: a * b + c,
-                    "mul2": lambda a, b: a * b}[level](*nums)
+                    "mul2": lambda a, b: a * b, "add3": lambda a, b, c: a + b + c,
+                    "word_addsub": lambda a, b, c: a + b - c}[level](*nums)
         assert int(p.answer) == expected, p
         assert _operands(p.id) == nums
 
@@ -32,8 +33,10 @@ def test_split_is_disjoint_including_commuted_twins(level):
         nums = _operands(pid)
         if level == "word2":
             return (nums[0], *sorted(nums[1:]))
-        if level == "mixed":
+        if level in ("mixed", "word_addsub"):
             return (*sorted(nums[:2]), nums[2])
+        if level == "add3":
+            return tuple(sorted(nums))
         return tuple(nums)
     train_keys = {twin_key(p.id) for p in task.train}
     assert not any(twin_key(p.id) in train_keys for p in task.test)

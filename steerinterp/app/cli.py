@@ -118,7 +118,7 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls) -> list[str]:
         shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
         g.add_argument(_flag(f.name), dest=f"cfg_{f.name}", type=_parser_for(hints[f.name], default), default=None,
                        choices=choices() if callable(choices) else choices, metavar=f.name.upper(),
-                       help=f"{f.metadata.get('help', '')} (default {shown})")
+                       help=f"{f.metadata.get('help', '')} (default {shown})".replace("%", "%%"))
         names.append(f.name)
     return names
 

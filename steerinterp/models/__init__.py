@@ -4,6 +4,7 @@ This room imports nothing from generation, rl, analysis, sae or app.
 
     loading.py  load_model (embedded / tiny / local HF directory / TransformerLens name; hooked or bridge),
                 load_finetuned, load_model_from_spec, relayout_for_speed
+    convert.py  a checkpoint's config.json -> TransformerLens config and state dict, for every supported family
     tiny.py     TinyConfig and the seeded random Llama checkpoint behind load_model("tiny")
     zoo.py      tiny random checkpoints of every supported architecture (Llama-3.1, Qwen2/3, Mistral, Phi-3,
                 Gemma-2/3, OLMo-2, GPT-2) for offline tests
@@ -17,6 +18,7 @@ from steerinterp.models.loading import (
     TINY,
     checkpoint_config,
     default_device,
+    hub_snapshot,
     load_finetuned,
     load_model,
     load_model_from_spec,
@@ -27,7 +29,7 @@ from steerinterp.models.zoo import ZOO, zoo_checkpoint, zoo_hf_model
 
 __all__ = [
     "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "ZOO", "chat_prompts", "checkpoint_config",
-    "default_device", "load_finetuned",
+    "default_device", "hub_snapshot", "load_finetuned",
     "load_model", "load_model_from_spec", "relayout_for_speed", "tiny_checkpoint", "tiny_hf_model", "tiny_tokenizer",
     "zoo_checkpoint", "zoo_hf_model",
 ]

@@ -18,5 +18,6 @@ from steerinterp.tasks.spec import load_task
 from steerinterp.tasks.validation import check_prompt_lengths
 from steerinterp.tasks.verifiers import VERIFIERS
 
-__all__ = ["LEVELS", "MULTISTEP_SYSTEM_PROMPT", "VERIFIERS", "EvalResult", "Problem", "Task", "arithmetic_task", "check_prompt_lengths", "evaluate",
+__all__ = ["LEVELS", "MULTISTEP_SYSTEM_PROMPT", "VERIFIERS",
+           "EvalResult", "Problem", "Task", "arithmetic_task", "check_prompt_lengths", "evaluate",
            "gsm8k_task", "load_task", "math_task", "multistep_task"]

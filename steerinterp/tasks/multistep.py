@@ -45,6 +45,25 @@ def _word2() -> list[tuple[str, str, int, str]]:
     return out
 
 
+def _add3() -> list[tuple[str, str, int, str]]:
+    """a + b + c with single digits; the twin group is the multiset {a, b, c} (any order is the same sum)."""
+    return [(f"What is {a} + {b} + {c}?", f"add3:{a}+{b}+{c}", a + b + c, "+".join(map(str, sorted((a, b, c)))))
+            for a in range(1, 10) for b in range(1, 10) for c in range(1, 10)]
+
+
+def _word_addsub() -> list[tuple[str, str, int, str]]:
+    """Two steps in words: a, then b more, then c fewer (a + b - c), single digits, never negative."""
+    out = []
+    for a in range(2, 10):
+        for b in range(1, 10):
+            for c in range(1, min(a + b, 10)):
+                name, pron, _ = _NAMES[(a + b + c) % len(_NAMES)]
+                item, _ = _ITEMS[(a * b + c) % len(_ITEMS)]
+                q = f"{name} has {a} {item}. {pron} gets {b} more, then gives {c} away. How many {item} are left?"
+                out.append((q, f"word_addsub:{a}+{b}-{c}", a + b - c, f"{min(a, b)}+{max(a, b)}|{c}"))
+    return out
+
+
 def _mixed() -> list[tuple[str, str, int, str]]:
     return [(f"What is {a} * {b} + {c}?", f"mixed:{a}x{b}+{c}", a * b + c, f"{min(a, b)}x{max(a, b)}|{c}")
             for a in range(2, 10) for b in range(2, 10) for c in range(11, 30)]
@@ -54,7 +73,8 @@ def _mul2() -> list[tuple[str, str, int, str]]:
     return [(f"What is {a} * {b}?", f"mul2:{a}x{b}", a * b, f"{a}x{b}") for a in range(11, 100) for b in range(3, 10)]
 
 
-LEVELS: dict[str, Callable[[], list[tuple[str, str, int, str]]]] = {"word2": _word2, "mixed": _mixed, "mul2": _mul2}
+LEVELS: dict[str, Callable[[], list[tuple[str, str, int, str]]]] = {
+    "add3": _add3, "word_addsub": _word_addsub, "word2": _word2, "mixed": _mixed, "mul2": _mul2}
 
 
 def multistep_task(level: str = "word2", *, n_test: int = 128, seed: int = 0, verifier: str = "last_number",
