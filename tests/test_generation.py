@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import steerinterp as si
+from steerinterp.models import zoo_checkpoint
 from steerinterp.errors import SteerInterpError
 
 PROMPTS = ["hello world, how are you", "a", "the quick brown fox jumps"]
@@ -282,3 +283,34 @@ def test_sequences_longer_than_the_context_are_a_clear_error(tiny, prompt_length
     cm &= mask.bool()
     lp = si.teacher_forced_logprobs(tiny, toks, cm, vecs, attention_mask=mask, prompt_length=prompt_length)
     assert lp.shape == toks.shape and torch.isfinite(lp).all()
+
+
+def test_plain_prompts_get_the_bos_their_tokenizer_adds():
+    """Gemma / Llama tokenizers put BOS in front of a text; generate does too (once: a chat template's own BOS
+    is not doubled), so plain-text prompts read as the model was trained. SmolLM2-, Qwen-style tokenizers add
+    none. (TransformerLens's wrapped tokenizer always adds one, so the rule is read from the checkpoint's.)"""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from steerinterp.generation.decode import encode_prompts
+    from steerinterp.models.loading import prompt_bos
+    from steerinterp.models.zoo import zoo_hf_model
+
+    plain = si.load_model(zoo_checkpoint("qwen2"), device="cpu")
+    assert prompt_bos(plain) is None
+    assert encode_prompts(plain, ["hi"])[0] == [plain.tokenizer("hi", add_special_tokens=False)["input_ids"]]
+
+    hf, tok = zoo_hf_model("gemma3")  # a checkpoint whose tokenizer adds BOS, like Gemma's
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        tok.save_pretrained(d)
+        assert AutoTokenizer.from_pretrained(d)("hi")["input_ids"][0] == tok.bos_token_id
+        model = si.load_model(d, device="cpu")
+    bos = tok.bos_token_id
+    assert prompt_bos(model) == bos
+    ids, _ = encode_prompts(model, ["hi", f"{tok.bos_token}already"])
+    assert ids[0][0] == bos and ids[0][1] != bos
+    assert ids[1][0] == bos and ids[1][1] != bos

@@ -11,6 +11,7 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
+from steerinterp.models.loading import prompt_bos
 from steerinterp.generation.engines import choose_engine, expand_tl_cache, final_logits, unique_rows
 from steerinterp.generation.sampling import check_sampling_args, make_generators, next_tokens
 from steerinterp.steering.hooks import check_attached
@@ -67,7 +68,9 @@ class GenerationOutput:
 
 
 def encode_prompts(model: HookedModel, prompts: str | Sequence[str] | Sequence[Sequence[int]]):
-    """Token ids of each prompt, as written (no BOS added: chat templates carry their own)."""
+    """Token ids of each prompt, as written, with the tokenizer's BOS in front where its tokenizer adds one
+    (Gemma, Llama) and the text does not already begin with it (chat templates write their own). Without it
+    such models degrade badly on plain-text prompts; SmolLM2-style tokenizers add none."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -75,6 +78,9 @@ def encode_prompts(model: HookedModel, prompts: str | Sequence[str] | Sequence[S
         raise SteerInterpError("no prompts given")
     if all(isinstance(p, str) for p in prompts):
         ids = model.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        bos = prompt_bos(model)
+        if bos is not None:
+            ids = [row if row[:1] == [bos] else [bos, *row] for row in ids]
         texts = prompts
     elif all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompts):
         ids = [list(map(int, p)) for p in prompts]

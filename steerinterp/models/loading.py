@@ -59,6 +59,24 @@ def checkpoint_config(model):
     return cfg
 
 
+#: model -> the BOS id its checkpoint's own tokenizer puts before a text (None: it adds none)
+_PROMPT_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def prompt_bos(model) -> int | None:
+    """The BOS id the checkpoint's own tokenizer puts in front of a text (Gemma, Llama), or None (SmolLM2,
+    Qwen, and models not loaded by ``load_model``). TransformerLens wraps every tokenizer to add BOS, so this
+    is read from the original tokenizer at load time."""
+    return _PROMPT_BOS.get(model)
+
+
+def _bos_added_by(tokenizer) -> int | None:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    return bos if tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] else None
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -194,9 +212,11 @@ def _load_bridge(key: str, tiny: TinyConfig | None, device, dtype, processed: bo
     directory = _checkpoint_dir(key, tiny)
     hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    bos = _bos_added_by(tokenizer)
     bridge = TransformerBridge.boot_transformers(
         str(directory), hf_model=hf, tokenizer=tokenizer, device=str(device), dtype=dtype
     )
+    _PROMPT_BOS[bridge] = bos
     if processed:
         bridge.enable_compatibility_mode()
     bridge.requires_grad_(False)
@@ -342,6 +362,7 @@ def _load_hf_directory(directory: Path, processed: bool, device, dtype, n_ctx: i
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot load the Hugging Face checkpoint in {directory}: {_first_line(e)}") from e
+    bos = _bos_added_by(tokenizer)  # before TransformerLens wraps the tokenizer to add BOS always
     cfg_dict = hooked_config(hf_config)
     cfg_dict.update(
         n_ctx=_context(n_ctx, context_length(hf_config), directory),
@@ -383,6 +404,7 @@ def _load_hf_directory(directory: Path, processed: bool, device, dtype, n_ctx: i
     with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
         model.to(device)
     _CHECKPOINT_CONFIGS[model] = hf_config
+    _PROMPT_BOS[model] = bos
     return model
 
 
