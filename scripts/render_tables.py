@@ -983,6 +983,15 @@ def t_multistep_base() -> str:
                      f"at the {res['max_new_tokens']}-token cap"], rows)
 
 
+def t_architectures() -> str:
+    rows = []
+    for path in sorted((EX / "architectures" / "results").glob("*/summary.json")):
+        r = J(path.relative_to(EX).as_posix())
+        rows.append([r["model"], r["architecture"], str(r["layer"]), f(r["vector_norm"], 2), r["engine"],
+                     "yes" if r["fast_equals_hooked"] else "NO"])
+    return md_table(["model", "architecture", "layer", "vector norm", "engine used", "greedy fast = hooked"], rows)
+
+
 # --- the registries ----------------------------------------------------------------------------------------
 
 TABLES: dict[str, Callable[[], str]] = {
@@ -1002,6 +1011,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "diffsae.feature_steering": t_sae_steer,
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
+    "architectures.summary": t_architectures,
 }
 
 s0 = lambda path: seeds(path)[0]
