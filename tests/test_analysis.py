@@ -57,23 +57,36 @@ def test_persistence_identities_and_oracle(tiny64, batch64):
         assert res.mean_diff_vector[i, layer] == pytest.approx(1.0, abs=1e-10)
         assert res.delta_norm[i, layer] == pytest.approx(float(vecs[layer].norm()), rel=1e-9)
     assert torch.isnan(res.diff_vector[i1, 3])  # no vector of layer 3 to compare with
-    # oracle: Diff-Diff(1 -> 3) and the final shift recomputed by hand
+    # oracle: Diff-Diff(1 -> 3), mean |delta| and the final shift recomputed by hand, over completion positions
+    # (the default), the prompt's other positions (result.prompt) and all positions (positions="all")
     b = batch64
-    sel = b.prompt_mask | b.predicting_mask
     with torch.no_grad():
         _, base = model.run_with_cache(b.tokens, attention_mask=b.attention_mask)
         with si.SteeringSet.from_tensors(model, {1: vecs[1]}).applied(model):
             _, st = model.run_with_cache(b.tokens, attention_mask=b.attention_mask)
     delta = st["blocks.3.hook_resid_post"] - base["blocks.3.hook_resid_post"]
-    per_sample = []
-    for r in range(len(b)):
-        d = delta[r][sel[r]]
-        per_sample.append(torch.nn.functional.cosine_similarity(d, d.mean(0)[None], dim=-1).mean())
-    assert res.diff_diff[i1, 3] == pytest.approx(float(torch.stack(per_sample).mean()), abs=1e-10)
-    assert torch.allclose(res.final_shifts[1], delta[sel].mean(0), atol=1e-12)
+    everything = A.persistence(model, batch64, vecs, positions="all")
+    groups = {"completion": (res, b.predicting_mask), "prompt": (res.prompt, b.prompt_mask & ~b.predicting_mask),
+              "all": (everything, b.prompt_mask | b.predicting_mask)}
+    for name, (r, sel) in groups.items():
+        assert r.positions == name and r.n_tokens == int(sel.sum())
+        per_sample = []
+        for row in range(len(b)):
+            d = delta[row][sel[row]]
+            per_sample.append(torch.nn.functional.cosine_similarity(d, d.mean(0)[None], dim=-1).mean())
+        assert r.diff_diff[i1, 3] == pytest.approx(float(torch.stack(per_sample).mean()), abs=1e-10), name
+        assert r.delta_norm[i1, 3] == pytest.approx(float(delta[sel].norm(dim=-1).mean()), rel=1e-10), name
+        assert torch.allclose(r.final_shifts[1], delta[sel].mean(0), atol=1e-12), name
+        assert r.diff_diff[i1, 1] == pytest.approx(1.0, abs=1e-10)
+    assert res.prompt.prompt is None and everything.prompt.n_tokens == res.prompt.n_tokens
+    assert int(b.predicting_mask.sum()) < everything.n_tokens  # the default really leaves the prompt out
     frame = res.to_frame()
     assert set(frame["steered_layer"]) == {1, 2} and (frame["observed_layer"] >= frame["steered_layer"]).all()
-    res.plot()
+    both = res.to_frame(include_prompt=True)
+    assert len(both) == 2 * len(frame) and set(both["positions"]) == {"completion", "prompt"}
+    assert "over completion positions" in res.plot().layout.title.text
+    with pytest.raises(SteerInterpError, match="positions="):
+        A.persistence(model, batch64, vecs, positions="first")
 
 
 # ---- logit lens and vector statistics (claim: a row of W_U ranks its own token first) -------------------------------
@@ -186,6 +199,50 @@ def test_language_shares_on_a_crafted_lens():
     res.plot()
 
 
+def test_language_shares_leave_out_byte_fragments_and_correct_across_layers():
+    from scipy.stats import false_discovery_control
+
+    vocab = [" the", " and", " of", "中", "\ufffd", "\ufffd\ufffd", " é", "1", " a", " to"]
+    g = torch.Generator().manual_seed(0)
+    cos = torch.randn(5, len(vocab), generator=g, dtype=torch.float64)
+    cos[0] = torch.tensor([0.9, 0.8, 0.7, -0.5, -0.9, -0.8, -0.6, 0.0, 0.2, 0.1])  # fragments at the very bottom
+    lens = A.LogitLensResult([0, 1, 2, 3, 4], cos.clone(), cos, "raw", vocab, k=4)
+    res = A.language_shares(lens)
+    sup = res.to_frame().set_index(["direction", "layer"]).loc["suppressed"]
+    # layer 0's bottom 4: two fragments (not counted), 中 and é (non-English): 2 of 2 letter tokens
+    assert sup.loc[0, "byte_fragments"] == 2 and sup.loc[0, "letter_tokens"] == 2 and sup.loc[0, "non_english"] == 2
+    assert res.base_rate == pytest.approx(2 / 7)  # ' the', ' and', ' of', 中, é, ' a', ' to'; '1' and fragments neutral
+    assert sup.loc[0, "p_value"] == pytest.approx(hypergeom_sf(2, 7, 2, 2))
+    old = A.language_shares(lens, include_fragments=True)
+    old_sup = old.to_frame().set_index(["direction", "layer"]).loc["suppressed"]
+    assert old.base_rate == pytest.approx(4 / 9) and old_sup.loc[0, "non_english"] == 4 and old_sup.loc[0, "letter_tokens"] == 4
+    # Benjamini-Hochberg across the layers of each direction, as scipy computes it; significance by q
+    frame = res.to_frame()
+    for direction in ("boosted", "suppressed"):
+        d = frame[frame.direction == direction]
+        ok = d["p_value"].notna().to_numpy()
+        assert d["q_value"].to_numpy()[ok] == pytest.approx(false_discovery_control(d["p_value"].to_numpy()[ok], method="bh"))
+        assert (d["significant"] == (d["q_value"] < 0.05)).all()
+    assert (frame["q_value"].dropna() >= frame["p_value"].dropna() - 1e-15).all()
+    assert A.language_shares(lens, alpha=1.0).to_frame()["significant"].sum() >= frame["significant"].sum()
+    res.plot()
+
+
+def test_benjamini_hochberg_matches_scipy_and_keeps_nan():
+    from scipy.stats import false_discovery_control
+
+    from steerinterp.analysis.stats import benjamini_hochberg
+
+    p = torch.tensor([0.01, 0.04, 0.03, 0.2, 0.5, 0.001, 0.04])
+    assert benjamini_hochberg(p).numpy() == pytest.approx(false_discovery_control(p.numpy(), method="bh"))
+    # by hand: sorted 0.001 0.01 0.03 0.04 0.04 0.2 0.5, times 7 / rank: 0.007 0.035 0.07 0.07 0.056 0.233 0.5,
+    # then the running minimum from the top: 0.007 0.035 0.056 0.056 0.056 0.233 0.5
+    hand = [0.035, 0.056, 0.056, 0.2 * 7 / 6, 0.5, 0.007, 0.056]
+    assert benjamini_hochberg(p).tolist() == pytest.approx(hand)
+    q = benjamini_hochberg(torch.tensor([0.01, float("nan"), 0.02]))
+    assert math.isnan(q[1]) and q[[0, 2]].tolist() == pytest.approx([0.02, 0.02])
+
+
 # ---- composition (claim: a vector composed with itself at scale 0 is the base model) -----------------------------------
 def test_combine_identities(tiny64, batch64):
     model = tiny64
@@ -221,6 +278,46 @@ def test_compose_pairs_diagonal_is_the_single_layer(tiny):
     res = A.compose_pairs(tiny, task, singles, 0.5, problems=task.test[:3], max_new_tokens=3, progress=False)
     assert res.layers == [1, 2] and res.accuracy.shape == (2, 2) and torch.isnan(res.accuracy[1, 0])
     assert len(res.to_frame()) == 3
+    res.plot()
+
+
+def test_compose_pairs_runs_every_pair_of_eight_or_more_layers(monkeypatch):
+    """All i <= j pairs of a list of >= 8 layers: n (n + 1) / 2 evaluations (diagonal = single layers), plus base."""
+    import steerinterp.tasks.evaluation as evaluation
+
+    layers = [0, 2, 3, 5, 8, 11, 13, 17, 19]  # 9 layers
+    g = torch.Generator().manual_seed(0)
+    singles = {i: si.SteeringSet([si.SteeringVector(torch.randn(8, generator=g), f"blocks.{i}.hook_resid_post")])
+               for i in layers + [21]}
+    seen = {}
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def accuracy(self, name, mode):
+            if name == "base":
+                return 0.1
+            i, j = (int(x) for x in name.split("+"))
+            return 0.2 + 0.01 * i + 0.001 * j
+
+    def fake_evaluate(model, task, variants, **kw):
+        (name, steering), = variants.items()
+        seen[name] = steering
+        return Fake(name)
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    res = A.compose_pairs(None, None, singles, 0.9, layers=layers, progress=False)
+    n = len(layers)
+    pairs = [k for k in seen if k != "base"]
+    assert len(pairs) == n * (n + 1) // 2 == 45 and "base" in seen and "all" not in seen
+    assert len(res.to_frame()) == 45 and res.layers == layers
+    assert int((~torch.isnan(res.accuracy)).sum()) == 45
+    assert sorted(v.hook_name for v in seen["3+17"]) == ["blocks.17.hook_resid_post", "blocks.3.hook_resid_post"]
+    assert seen["5+5"] is singles[5]
+    row = res.to_frame().set_index(["layer_i", "layer_j"]).loc[(3, 17)]
+    best = max(0.2 + 0.01 * 3 + 0.003, 0.2 + 0.17 + 0.017)
+    assert row["R"] == pytest.approx((0.2 + 0.03 + 0.017 - best) / (0.9 - best))
     res.plot()
 
 
@@ -382,11 +479,16 @@ def test_single_layer_views_keep_hook_scale_and_positions(tiny64, batch64):
     the default hook."""
     s = _vec(tiny64, 7)
     only_prompt = si.SteeringSet([si.SteeringVector(s, "blocks.1.hook_mlp_out", 2.0, "prompt")])
-    res = A.persistence(tiny64, batch64, only_prompt, observed_layers=[1, 2])
+    res = A.persistence(tiny64, batch64, only_prompt, observed_layers=[1, 2], positions="all")
     # delta at the steered layer is 2s on prompt tokens and 0 on completion tokens
     n_prompt = int((batch64.prompt_mask).sum())
     n_all = int((batch64.prompt_mask | batch64.predicting_mask).sum())
     assert res.delta_norm[0, 0] == pytest.approx(float(2 * s.norm()) * n_prompt / n_all, rel=1e-9)
+    # over completion positions only the last prompt token of each row is steered; the prompt's report is all 2s
+    comp = A.persistence(tiny64, batch64, only_prompt, observed_layers=[1, 2])
+    n_pred = int(batch64.predicting_mask.sum())
+    assert comp.delta_norm[0, 0] == pytest.approx(float(2 * s.norm()) * len(batch64) / n_pred, rel=1e-9)
+    assert comp.prompt.delta_norm[0, 0] == pytest.approx(float(2 * s.norm()), rel=1e-9)
     moved = A.transfer_vectors(only_prompt, tiny64, layer_map={1: 2})
     v = moved[2]
     assert v.hook_name == "blocks.2.hook_mlp_out" and v.scale == 2.0 and v.positions.kind == "prompt"

@@ -155,6 +155,9 @@ def test_block_patching_chunks_change_nothing(tiny64, batch):
             _close(other.kl_to_base, whole.kl_to_base)
             _close(other.kl_from_steered, whole.kl_from_steered)
             _close(other.kl_by_position, whole.kl_by_position)
+            _close(other.kl_from_steered_by_position, whole.kl_from_steered_by_position)
+            _close(other.kl_steered_base_by_position, whole.kl_steered_base_by_position)
+            _close(other.effect_lost, whole.effect_lost)
             for tok in whole.tracked:
                 _close(other.tracked[tok], whole.tracked[tok])
     # the patch order of a sweep does not matter either
@@ -203,6 +206,9 @@ def test_persistence_chunks_and_late_starts_change_nothing(tiny64, batch, monkey
         _close(getattr(per_row, m), getattr(late, m))
         _close(getattr(default, m), getattr(late, m)[:, 1:])
     _close(per_row.diff_diff_per_sample, late.diff_diff_per_sample)
+    for m in ("diff_vector", "diff_diff", "mean_diff_vector", "delta_norm", "diff_diff_per_sample"):  # the prompt's report too
+        _close(getattr(per_row.prompt, m), getattr(late.prompt, m))
+        assert torch.equal(torch.nan_to_num(getattr(late.prompt, m), 7.0), torch.nan_to_num(getattr(full.prompt, m), 7.0)), m
 
 
 def test_token_shift_and_residual_lens_chunks_change_nothing(tiny64, batch):

@@ -120,6 +120,8 @@ def test_block_patching_metrics(setup):
     assert df.loc["no_patch", "kl_from_steered"] == pytest.approx(0, abs=1e-10)
     assert df.loc["base", "kl_to_base"] == pytest.approx(0, abs=1e-12)
     assert df.loc["no_patch", "retained"] == pytest.approx(1.0) and df.loc["base", "retained"] == pytest.approx(0.0)
+    assert df.loc["no_patch", "effect_lost"] == pytest.approx(0.0, abs=1e-10)
+    assert df.loc["base", "effect_lost"] == pytest.approx(1.0)
     assert df.loc["no_patch", "kl_to_base"] > 1e-6 and df.loc["skip_layer", "kl_to_base"] > 0
     n_kv = model.cfg.n_key_value_heads
     assert len(df) == 4 + 4 * 3 + n_kv * 2 + 2 + 4 * 2
@@ -128,6 +130,47 @@ def test_block_patching_metrics(setup):
         A.block_patching(model, batch, si.SteeringSet.from_tensors(model, {3: torch.ones(64, dtype=torch.float64)}))
     with pytest.raises(SteerInterpError, match="path="):
         Patch("x", path="sideways")
+
+
+def test_effect_lost_is_the_papers_ratio(setup):
+    """effect_lost = KL(steered || patched) / KL(steered || base): 0 patching nothing, 1 back to the base model."""
+    from steerinterp.analysis.readout import final_logprobs
+
+    model, batch, vecs, _ = setup
+    patches = [Patch("nothing"), Patch("base", base_run=True), Patch("skip_attn", attn=True),
+               Patch("skip_layer", attn=True, mlp=True)]
+    res = A.block_patching(model, batch, vecs, patches, positions="completion")
+    df = res.to_frame().set_index("patch")
+    assert list(df.columns[:4]) == ["effect_lost", "kl_from_steered", "kl_to_base", "retained"]
+    assert df.loc["nothing", "kl_from_steered"] == pytest.approx(0, abs=1e-12)  # patching nothing: KL(steered || patched) = 0
+    assert df.loc["nothing", "effect_lost"] == pytest.approx(0, abs=1e-10)
+    assert df.loc["base", "effect_lost"] == pytest.approx(1.0, abs=1e-12)  # everything back to base: ratio 1
+    assert df.loc["base", "retained"] == pytest.approx(0, abs=1e-12)
+    assert df.loc["nothing", "retained"] == pytest.approx(1.0, abs=1e-10)
+    # the ratio by hand, from the patched final residuals and the full softmaxes
+    out = patched_final_residuals(model, batch, vecs, patches, layer=3)
+    sel = batch.predicting_mask
+    with torch.no_grad(), vecs.applied(model):
+        steered = model(batch.tokens, attention_mask=batch.attention_mask)
+    with torch.no_grad():
+        base = model(batch.tokens, attention_mask=batch.attention_mask)
+    ls, lb = (torch.log_softmax(x[sel].double(), -1) for x in (steered, base))
+    kl = lambda p, q: (p.exp() * (p - q)).sum(-1)  # noqa: E731
+    ref = kl(ls, lb).mean()
+    assert res.kl_steered_base == pytest.approx(float(ref), rel=1e-9)
+    for i, name in enumerate(df.index):
+        lp = final_logprobs(model, out[i][sel])
+        assert df.loc[name, "kl_from_steered"] == pytest.approx(float(kl(ls, lp).mean()), rel=1e-9, abs=1e-13)
+        assert df.loc[name, "effect_lost"] == pytest.approx(float(kl(ls, lp).mean() / ref), rel=1e-9, abs=1e-12)
+        assert df.loc[name, "retained"] == pytest.approx(float(kl(lp, lb).mean() / ref), rel=1e-9, abs=1e-12)
+    assert 0 < df.loc["skip_layer", "effect_lost"] and df.loc["skip_layer", "effect_lost"] != df.loc["skip_layer", "retained"]
+    # per completion position: 0 and 1 at every position
+    pf = res.position_frame()
+    assert (pf.loc["base"] - 1).abs().max() < 1e-12 and pf.loc["nothing"].abs().max() < 1e-10
+    assert res.position_frame("kl_from_steered").loc["skip_attn"].mean() == pytest.approx(df.loc["skip_attn", "kl_from_steered"])
+    assert "effect_lost = KL(steered || patched) / KL(steered || base)" in res.plot(prefix="skip").layout.title.text
+    with pytest.raises(SteerInterpError, match="metric="):
+        res.position_frame("kl")
 
 
 def test_patched_generation_matches_teacher_forced_patching(setup):
@@ -257,7 +300,7 @@ def test_path_patching_oracles(setup):
 def test_block_patching_per_position_kl(setup):
     model, batch, vecs, _ = setup
     res = A.block_patching(model, batch, vecs, [Patch("no_patch"), Patch("skip_attn", attn=True)], positions="completion")
-    pf = res.position_frame()
+    pf = res.position_frame("kl_to_base")
     n_c = int(batch.completion_mask.sum())
     assert pf.shape == (2, n_c)
     assert pf.loc["no_patch"].mean() == pytest.approx(res.to_frame().set_index("patch").loc["no_patch", "kl_to_base"])

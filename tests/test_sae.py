@@ -1,5 +1,6 @@
 """DiffSAE and SAE-feature attribution on tiny models and hand-built SAEs: identities and oracles."""
 
+import contextlib
 import shutil
 
 import pytest
@@ -167,10 +168,16 @@ def test_topk_sae_learns_planted_directions_and_reports_quality(tmp_path):
     dsae = S.train_diff_sae(acts, d_sae=48, k=4, batch_size=256, training_tokens=60_000, lr=2e-3)
     q = dsae.heldout_quality
     assert type(dsae.sae).__name__ == "TopKSAE"
-    assert q.n_rows == 400 and dsae.train_quality.n_rows == 3600
+    # rows: distinct rows only (about 13% of the planted rows are all zero, one row), 10% of the samples held out
+    split = S.training_rows(acts, heldout=0.1, seed=0)
+    zero = int((acts.delta == 0).all(-1).sum())
+    assert split.n_distinct == len(acts) - zero + 1 and split.heldout_by == "generation (no problem ids)"
+    assert q.n_rows == split.n_heldout and dsae.train_quality.n_rows == split.n_train
+    assert split.n_train + split.n_heldout == split.n_distinct
+    assert dsae.data == split.summary() and dsae.to_frame()["distinct_rows"].iloc[0] == split.n_distinct
     assert q.fvu < 0.2 and q.l0 <= 4 and 0 <= q.dead < 48
     # the report matches a recomputation by hand
-    _, held = acts.split_samples(0.1, 0)
+    held = split.heldout
     with torch.no_grad():
         acts_h = dsae.sae.encode(held.delta)
         recon = dsae.sae.decode(acts_h)
@@ -178,7 +185,7 @@ def test_topk_sae_learns_planted_directions_and_reports_quality(tmp_path):
     assert abs(float(fvu) - q.fvu) < 1e-4 and abs(float((acts_h != 0).sum(-1).float().mean()) - q.l0) < 1e-6
     # save / load keeps the SAE and its report
     back = S.load_diff_sae(dsae.save(tmp_path / "sae"))
-    assert back.hook_name == acts.hook_name and back.heldout_quality == q
+    assert back.hook_name == acts.hook_name and back.heldout_quality == q and back.data == dsae.data
     assert torch.equal(back.sae.encode(held.delta), acts_h)
     assert set(dsae.to_frame()["split"]) == {"train", "heldout"}
 
@@ -443,3 +450,209 @@ def test_feature_vector_steers_along_the_decoder_row(tiny64, batch64):
         S.feature_vector(sae, 5)
     with pytest.raises(SteerInterpError, match="scale=-1"):
         S.feature_vector(sae, 0, norm=-1)
+
+
+# --- rows: problem ids, distinct rows, held out by problem ---------------------------------------------
+
+ROW_PROMPTS = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\nWhat is 4 + 4?<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\nhi<|im_end|>\n"]
+
+
+def _row_batch(model):
+    """Three problems, two generations each (shared prompt; problem 0's two completions are the same)."""
+    prompts = [ROW_PROMPTS[i] for i in (0, 0, 1, 1, 2, 2)]
+    completions = ["5", "5", "The answer is 8", "8", "hello", "hello there"]
+    return A.teacher_forcing_batch(model, prompts, completions), torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def _hand_keys(d):
+    """Each row named by its real tokens up to its position and its distance from the prompt's end."""
+    first = {}
+    for s, p, c in zip(d.sample.tolist(), d.position.tolist(), d.in_completion.tolist()):
+        if c:
+            first[s] = min(first.get(s, p), p)
+    return [(tuple(t for t in d.sample_tokens[s][: p + 1] if t >= 0), p - first[s] + 1 if c else 0)
+            for s, p, c in zip(d.sample.tolist(), d.position.tolist(), d.in_completion.tolist())]
+
+
+def test_rows_carry_problem_ids_and_equal_rows_share_a_key(tiny64, tmp_path):
+    batch, problems = _row_batch(tiny64)
+    vecs = si.SteeringSet.from_tensors(tiny64, {0: _vec(tiny64, 3)})
+    labels = [True, False, True, False, True, True]
+    d = S.collect_differences(tiny64, batch, vecs, [2], labels=labels, positions="all", problems=problems,
+                              batch_size=2)["blocks.2.hook_resid_post"]
+    assert torch.equal(d.problem, problems) and torch.equal(d.select(d.in_completion).problem, problems)
+    keys, hand = S.row_keys(d), _hand_keys(d)
+    assert len(set(keys.tolist())) == len(set(hand))  # as many distinct keys as distinct (prefix, offset) pairs
+    for i in range(len(d)):
+        for j in range(i):
+            assert (keys[i] == keys[j]) == (hand[i] == hand[j])
+            if hand[i] == hand[j]:  # the same row in another generation (other padding): the same values
+                assert torch.allclose(d.delta[i], d.delta[j], atol=1e-10)
+    assert len(set(hand)) < len(d)  # prompts repeat within problems and share the chat prefix across them
+    with pytest.raises(SteerInterpError, match="problem ids"):
+        S.collect_differences(tiny64, batch, vecs, [2], labels=labels, problems=[0, 1])
+    # LabelledGenerations label rows with their problems; a store keeps them
+    from steerinterp.sae.collect import LabelledGenerations
+
+    gens = LabelledGenerations(batch, torch.tensor(labels), problems, [])
+    via_gens = S.collect_differences(tiny64, gens, vecs, [2], positions="all")["blocks.2.hook_resid_post"]
+    assert torch.equal(via_gens.problem, problems)
+    S.write_difference_store(tmp_path / "s", S.iter_differences(tiny64, gens, vecs, [2], positions="all", batch_size=4),
+                             labels=labels, sample_tokens=S.sample_token_rows(batch))
+    disk = S.DiffActivationStore(tmp_path / "s")[2]
+    assert torch.equal(disk.problem, problems) and torch.equal(S.row_keys(disk.load()), keys)
+
+
+def test_training_rows_are_distinct_and_held_out_by_problem(tiny64, tmp_path):
+    batch, problems = _row_batch(tiny64)
+    vecs = si.SteeringSet.from_tensors(tiny64, {0: _vec(tiny64, 3)})
+    labels = [True, False, True, False, True, True]
+    d = S.collect_differences(tiny64, batch, vecs, [2], labels=labels, positions="all",
+                              problems=problems)["blocks.2.hook_resid_post"]
+    hand = _hand_keys(d)
+    split = S.training_rows(d, heldout=0.34, seed=0)  # one of the three problems
+    assert split.heldout_by == "problem" and split.n_problems == 3 and split.n_heldout_problems == 1
+    held_problems = set(problems[split.heldout.sample].tolist())
+    assert len(held_problems) == 1 and held_problems.isdisjoint(problems[split.train.sample].tolist())
+    train_keys, held_keys = S.row_keys(split.train).tolist(), S.row_keys(split.heldout).tolist()
+    assert len(set(train_keys)) == len(train_keys) and len(set(held_keys)) == len(held_keys)  # distinct rows
+    assert set(train_keys).isdisjoint(held_keys)  # no held-out row repeats a training row
+    assert split.n_distinct == len(set(hand)) == len(set(train_keys)) + len(set(held_keys))
+    assert split.n_heldout_duplicates > 0  # the chat prefix is shared by the held-out problem
+    assert split.to_frame()["distinct_rows"].iloc[0] == split.n_distinct
+    split.plot()
+    # the earlier rule (by generation, every row) still drops held-out copies of training rows
+    old = S.training_rows(d, heldout=0.34, seed=0, heldout_by="generation", dedupe=False)
+    assert old.n_train == int((~held_of(d, old)).sum()) and set(S.row_keys(old.heldout).tolist()).isdisjoint(
+        S.row_keys(old.train).tolist())
+    # completion rows only
+    comp = S.training_rows(d, rows="completion", heldout=0.34, seed=0)
+    assert comp.train.in_completion.all() and comp.heldout.in_completion.all()
+    assert comp.n_kind == int(d.in_completion.sum()) and comp.n_distinct < comp.n_kind  # problem 0's "5" twice
+    # the same on disk, shard by shard
+    S.write_difference_store(tmp_path / "s", S.iter_differences(tiny64, batch, vecs, [2], labels=labels, positions="all",
+                                                                problems=problems, batch_size=2),
+                             labels=labels, sample_tokens=S.sample_token_rows(batch))
+    disk = S.training_rows(S.DiffActivationStore(tmp_path / "s")[2], heldout=0.34, seed=0)
+    assert disk.summary() == split.summary()
+    assert torch.equal(disk.train.load().delta, split.train.delta) and len(disk.heldout) == split.n_heldout
+    with pytest.raises(SteerInterpError, match="too few"):
+        S.training_rows(d.select(problems[d.sample] == 0), heldout=0.5)
+    with pytest.raises(SteerInterpError, match="rows="):
+        S.training_rows(d, rows="prompt")
+
+
+def held_of(d, split):
+    """Rows of the generations a split held out."""
+    held = set(split.heldout.sample.tolist())
+    return torch.tensor([s in held for s in d.sample.tolist()])
+
+
+def test_suggest_d_sae_rule_and_auto_dictionary():
+    assert S.suggest_d_sae(5000, 576, k=16) == 800  # 5000 * 16 / 100
+    assert S.suggest_d_sae(200_000, 3584, k=32) == 8 * 3584  # capped at 8 x d_in
+    assert S.suggest_d_sae(10, 64, k=8) == 16  # at least 2k
+    assert S.suggest_d_sae(1000, 64, k=4, min_firings=10, multiple=1) == 400
+    with pytest.raises(SteerInterpError, match="positive"):
+        S.suggest_d_sae(0, 64)
+    acts = _planted(n=1000)
+    dsae = S.train_diff_sae(acts, d_sae="auto", k=4, batch_size=200, training_tokens=2_000)
+    assert dsae.sae.cfg.d_sae == S.suggest_d_sae(dsae.data["train_rows"], 16, k=4)
+    with pytest.raises(SteerInterpError, match="d_sae="):
+        S.train_diff_sae(acts, d_sae="big", batch_size=200)
+
+
+# --- causal ablation of features in the steered run -----------------------------------------------------
+
+def _perfect_sae(d, hook="blocks.1.hook_resid_post"):
+    """A ReLU SAE that reconstructs any input exactly: features [relu(x), relu(-x)], decoder [I; -I]."""
+    eye = torch.eye(d, dtype=torch.float64)
+    return _relu_sae(d, 2 * d, w_enc=torch.cat([eye, -eye], 1), w_dec=torch.cat([eye, -eye], 0), hook=hook)
+
+
+def _final_logprobs(model, batch, vecs, hook=None):
+    with torch.no_grad(), A.batch.steering_context(model, vecs, batch):
+        with (model.hooks(fwd_hooks=[hook]) if hook else contextlib.nullcontext()):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+    return torch.log_softmax(logits.double(), -1)
+
+
+def test_ablating_features_in_the_steered_run(tiny64, batch64):
+    model = tiny64
+    d = model.cfg.d_model
+    vecs = si.SteeringSet.from_tensors(model, {0: _vec(model, 5)})
+    sae = _perfect_sae(d)
+    g = torch.Generator().manual_seed(1)
+    ranked = torch.randperm(2 * d, generator=g).tolist()
+    res = S.ablate_features(model, batch64, sae, ranked, steering=vecs, ks=[1, 7, 2 * d], difference=True)
+    df = res.to_frame().set_index("variant")
+    # every feature of an exact SAE: the steering's difference at the hook is gone, so the run is the base run
+    assert df.loc[f"top-{2 * d}", "effect_lost"] == pytest.approx(1.0, abs=1e-9)
+    assert df.loc[f"top-{2 * d}", "logprob"] == pytest.approx(res.logprob_base, abs=1e-9)
+    assert df.loc["steered", "effect_lost"] == 0 and df.loc["base", "effect_lost"] == 1.0
+    # top-7 by hand: h_steered - sum of the 7 features' activations times their decoder rows, at every position
+    with torch.no_grad():
+        _, base = model.run_with_cache(batch64.tokens, attention_mask=batch64.attention_mask)
+        with vecs.applied(model):
+            _, steer = model.run_with_cache(batch64.tokens, attention_mask=batch64.attention_mask)
+    name = "blocks.1.hook_resid_post"
+    delta = steer[name] - base[name]
+    feats = torch.cat([delta.clamp(min=0), (-delta).clamp(min=0)], -1)
+    w_dec = torch.cat([torch.eye(d), -torch.eye(d)], 0).double()
+    removed = feats[..., ranked[:7]] @ w_dec[ranked[:7]]
+    expected = _final_logprobs(model, batch64, vecs, (name, lambda act, hook: act - removed))
+    ls, lb = _final_logprobs(model, batch64, vecs), _final_logprobs(model, batch64, None)
+    sel = batch64.predicting_mask
+    kl = lambda p, q: (p.exp() * (p - q)).sum(-1)[sel].mean()  # noqa: E731
+    assert res.kl_steered_base == pytest.approx(float(kl(ls, lb)), rel=1e-9)
+    assert df.loc["top-7", "kl_from_steered"] == pytest.approx(float(kl(ls, expected)), rel=1e-9)
+    assert 0 < df.loc["top-7", "effect_lost"] < 1
+    nxt = batch64.tokens.roll(-1, 1)[sel]
+    assert df.loc["top-7", "logprob"] == pytest.approx(float(expected[sel].gather(-1, nxt[:, None]).mean()), rel=1e-9)
+    assert df.loc["steered", "logprob"] == pytest.approx(float(ls[sel].gather(-1, nxt[:, None]).mean()), rel=1e-9)
+    # ablating only at completion positions, by hand too
+    only = S.ablate_features(model, batch64, sae, ranked, steering=vecs, ks=[7], difference=True, ablate_at="completion")
+    masked = _final_logprobs(model, batch64, vecs, (name, lambda act, hook: act - removed * sel[..., None]))
+    assert only.kl_from_steered[0] == pytest.approx(float(kl(ls, masked)), rel=1e-9)
+    # a feature that never fires changes nothing
+    zero = si.SteeringSet.from_tensors(model, {0: torch.zeros(d, dtype=torch.float64)})
+    silent = S.ablate_features(model, batch64, sae, [0], steering=zero, difference=True)
+    assert silent.kl_from_steered[0] == 0.0
+    res.plot()
+    with pytest.raises(SteerInterpError, match="ks must"):
+        S.ablate_features(model, batch64, sae, ranked[:3], steering=vecs, ks=[4])
+    with pytest.raises(SteerInterpError, match="steering="):
+        S.ablate_features(model, batch64, sae, ranked, steering=None)
+
+
+def test_decoding_with_ablated_features(tiny64):
+    from steerinterp.tasks import arithmetic_task
+
+    model = tiny64
+    d = model.cfg.d_model
+    task = arithmetic_task("add1")
+    problems = task.test[:3]
+    vecs = si.SteeringSet.from_tensors(model, {0: _vec(model, 5, 4.0)})
+    sae = _perfect_sae(d)
+    ranked = list(range(2 * d))
+    res = S.ablation_accuracy(model, task, sae, ranked, steering=vecs, ks=[3, 2 * d], difference=True, problems=problems,
+                              max_new_tokens=5)
+    texts = res.evaluation.details().groupby("variant")["completion"].apply(list)
+    assert texts[f"top-{2 * d}"] == texts["base"]  # an exact SAE with every feature ablated decodes as the base model
+    assert texts["steered"] != texts["base"]
+    # greedy decoding under an ablation = the argmax of the teacher-forced ablated forward, token by token
+    out = si.generate(model, task.prompts(model, problems), steering=vecs, max_new_tokens=5, temperature=0.0,
+                      engine=S.FeatureAblationEngine(model, sae, ranked[:3], difference=True))
+    forced = A.as_batch(out)
+    with torch.no_grad():
+        _, base = model.run_with_cache(forced.tokens, attention_mask=forced.attention_mask)
+    name = "blocks.1.hook_resid_post"
+    hook = S.ablation.ablation_hook(sae, ranked[:3], base[name])
+    lp = _final_logprobs(model, forced, vecs, (name, hook))
+    for r in range(len(problems)):
+        gen = forced.completion_mask[r].nonzero().flatten()
+        assert lp[r, gen - 1].argmax(-1).tolist() == forced.tokens[r, gen].tolist()
+    assert set(res.to_frame()["variant"]) == {"base", "steered", "top-3", f"top-{2 * d}"}
+    res.plot()

@@ -22,7 +22,8 @@ def test_diffsae_pipeline_on_the_embedded_model(embedded, tmp_path):
     assert gens.correct.tolist() == [task.is_correct(t, task.train[i]) for t, i in
                                      zip(gens.output.texts, gens.problem_index.tolist())]
     labels = torch.arange(len(gens)) % 2 == 0  # fixed labels: both classes present whatever was sampled
-    diffs = S.collect_differences(model, gens.output, vecs, [20, 29], labels=labels, positions="all")
+    diffs = S.collect_differences(model, gens.output, vecs, [20, 29], labels=labels, positions="all",
+                                  problems=gens.problem_index)
     d20 = diffs["blocks.20.hook_resid_post"]
     assert d20.d_in == model.cfg.d_model and len(d20) > 400
     assert d20.delta.norm(dim=-1).max() < 1e3  # the attention sink (position 0) is left out

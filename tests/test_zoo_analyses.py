@@ -512,7 +512,8 @@ def test_block_patching(name, backend, record_property):
             lp = lb
         else:
             lp = torch.log_softmax(hf_patched_logits(o, batch, {0: s}, 1, p, base, steered)[sel], -1)
-        err = max(err, abs(res.kl_to_base[i] - kl(lp, lb).mean().item()), abs(res.kl_from_steered[i] - kl(ls, lp).mean().item()))
+        err = max(err, abs(res.kl_to_base[i] - kl(lp, lb).mean().item()), abs(res.kl_from_steered[i] - kl(ls, lp).mean().item()),
+                  abs(res.effect_lost[i] - (kl(ls, lp).mean() / kl(ls, lb).mean()).item()))
     assert res.kl_to_base[res.names.index("no_patch")] > 1e-3  # the vector does something
     done(record_property, err, backend)
 
@@ -612,7 +613,7 @@ def test_persistence(name, backend, record_property):
     model, o = zoo_model(name, backend, record_property), oracle(name)
     batch = batch_for(model)
     vecs = {0: vector(11), 1: vector(12)}
-    res = A.persistence(model, batch, vecs)
+    res = A.persistence(model, batch, vecs, positions="all")
     sel = batch.attention_mask.bool().clone()
     sel[torch.arange(2), batch.attention_mask.cumsum(-1).argmax(-1)] = False  # the last real token is dropped
     _, rb = o.run(batch)

@@ -14,6 +14,10 @@ block's activations from the base run while the residual stream keeps ``s``:
 * ``path="mlp"`` / ``"resid"``: the patched attention output reaches only the MLP (the residual keeps
   the steered attention output), or only the residual stream (the MLP sees the steered one).
 
+``block_patching`` measures each patch as the papers do: the share of the steering effect it removes,
+``effect_lost`` = KL(steered || patched) / KL(steered || base) (0 = nothing removed, 1 = the base
+model); the earlier variant ``retained`` = KL(patched || base) / KL(steered || base) stays a column.
+
 The patches of a sweep run as stacked copies of the batch through the patched block and the blocks
 after it, starting from the steered residual at the block's input (the blocks before run once),
 ``patch_chunk`` patches per forward so that memory stays bounded.
@@ -269,9 +273,28 @@ def patched_final_residuals(model, batch: Batch, steering, patches: Sequence[Pat
     return out
 
 
+METRICS = {
+    "effect_lost": "KL(steered || patched) / KL(steered || base)",
+    "kl_from_steered": "KL(steered || patched)",
+    "kl_to_base": "KL(patched || base)",
+    "retained": "KL(patched || base) / KL(steered || base)",
+}
+
+
 @dataclass
 class BlockPatchingResult(AnalysisResult):
-    """Per patch: mean KL(patched || base), KL(steered || patched), the retained share, tracked dp."""
+    """Per patch, means over the chosen positions (float64):
+
+    * ``effect_lost`` = KL(steered || patched) / KL(steered || base), the papers' metric: the share of
+      the steering effect the patch removes (0 = nothing patched, 1 = back to the base model);
+    * ``kl_from_steered`` = KL(steered || patched) and ``kl_to_base`` = KL(patched || base);
+    * ``retained`` = KL(patched || base) / KL(steered || base), the variant kept as an option (1 = the
+      effect is intact, 0 = gone);
+    * ``kl_steered_base`` = KL(steered || base), the denominator of both ratios (one number);
+    * tracked tokens' dp = p_patched - p_base.
+
+    The ratios are ratios of the means over positions, not means of per-position ratios.
+    """
 
     layer: int
     names: list[str]
@@ -280,39 +303,69 @@ class BlockPatchingResult(AnalysisResult):
     tracked: dict[str, list[float]] = field(default_factory=dict)  # token -> mean dp vs base, per patch
     positions: str = "first"
     n_positions: int = 0
-    kl_by_position: torch.Tensor | None = None  # [patches, completion position]
+    kl_by_position: torch.Tensor | None = None  # [patches, completion position], KL(patched || base)
+    kl_steered_base: float = float("nan")
+    kl_from_steered_by_position: torch.Tensor | None = None  # [patches, completion position]
+    kl_steered_base_by_position: torch.Tensor | None = None  # [completion position]
 
-    def position_frame(self):
-        """KL(patched || base) per completion position (rows: patches, columns: 0 = first generated token)."""
-        import pandas as pd
+    def _ratio(self, values: list[float]) -> list[float]:
+        ref = self.kl_steered_base
+        if ref != ref and "no_patch" in self.names:  # results built without the reference: no_patch is the steered model
+            ref = self.kl_to_base[self.names.index("no_patch")]
+        return [k / ref if ref > 0 else float("nan") for k in values]
 
-        if self.kl_by_position is None:
-            raise SteerInterpError("no per-position values in this result")
-        return pd.DataFrame(self.kl_by_position.numpy(), index=self.names)
+    @property
+    def effect_lost(self) -> list[float]:
+        """KL(steered || patched) / KL(steered || base): 0 = the patch removes nothing, 1 = all of the effect."""
+        return self._ratio(self.kl_from_steered)
 
     @property
     def retained(self) -> list[float]:
         """KL(patched || base) / KL(steered || base): 1 = the steering effect is intact, 0 = gone."""
-        ref = self.kl_to_base[self.names.index("no_patch")] if "no_patch" in self.names else float("nan")
-        return [k / ref if ref > 0 else float("nan") for k in self.kl_to_base]
+        return self._ratio(self.kl_to_base)
 
-    def to_frame(self):
+    def position_frame(self, metric: str = "effect_lost"):
+        """``metric`` per completion position (rows: patches, columns: 0 = the first generated token):
+        ``effect_lost`` (default; the ratio of the position's means over sequences), ``kl_from_steered``,
+        ``kl_to_base`` or ``retained``."""
         import pandas as pd
 
-        df = pd.DataFrame({"patch": self.names, "kl_to_base": self.kl_to_base, "kl_from_steered": self.kl_from_steered,
-                           "retained": self.retained})
+        if metric not in METRICS:
+            raise SteerInterpError(f"metric={metric!r}; choose one of {', '.join(METRICS)}")
+        if self.kl_by_position is None:
+            raise SteerInterpError("no per-position values in this result")
+        if metric == "kl_to_base":
+            return pd.DataFrame(self.kl_by_position.numpy(), index=self.names)
+        if self.kl_from_steered_by_position is None or self.kl_steered_base_by_position is None:
+            raise SteerInterpError(f"this result keeps only KL(patched || base) per position, not {metric}")
+        if metric == "kl_from_steered":
+            return pd.DataFrame(self.kl_from_steered_by_position.numpy(), index=self.names)
+        ref = self.kl_steered_base_by_position
+        num = self.kl_from_steered_by_position if metric == "effect_lost" else self.kl_by_position
+        ratio = torch.where(ref > 0, num / ref.clamp_min(1e-300), torch.full_like(num, float("nan")))
+        return pd.DataFrame(ratio.numpy(), index=self.names)
+
+    def to_frame(self):
+        """One row per patch: ``effect_lost`` (the papers' metric) first, then the KLs and ``retained``."""
+        import pandas as pd
+
+        df = pd.DataFrame({"patch": self.names, "effect_lost": self.effect_lost, "kl_from_steered": self.kl_from_steered,
+                           "kl_to_base": self.kl_to_base, "retained": self.retained})
         for tok, vals in self.tracked.items():
             df[f"dp[{tok}]"] = vals
+        df.attrs["kl_steered_base"] = self.kl_steered_base
         return df
 
-    def plot(self, metric: str = "kl_to_base", *, prefix: str = "skip_head["):
-        """Bars of ``metric`` for the patches whose names start with ``prefix`` (one per head), with
-        reference lines for the steered model, Skip-Attn and Skip-Layer (the papers' figure)."""
+    def plot(self, metric: str = "effect_lost", *, prefix: str = "skip_head["):
+        """Bars of ``metric`` (default ``effect_lost``, the papers' share of the steering effect lost) for the
+        patches whose names start with ``prefix`` (one per head), with reference lines for the steered
+        model, Skip-Attn and Skip-Layer (the papers' figure)."""
         df = self.to_frame()
         if metric not in df.columns or metric == "patch":
             raise SteerInterpError(f"metric={metric!r}; choose one of {', '.join(df.columns[1:])}")
+        label = f"{metric} = {METRICS[metric]}" if metric in METRICS else metric
         return patch_figure(dict(zip(df["patch"], df[metric])), prefix, metric,
-                            f"block {self.layer} patching ({self.positions} positions, n={self.n_positions}): {metric}")
+                            f"block {self.layer} patching ({self.positions} positions, n={self.n_positions}): {label}")
 
 
 def patch_figure(values: dict, prefix: str, ytitle: str, title: str):
@@ -334,9 +387,11 @@ def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = No
                    max_positions: int = 64, patch_chunk: int | None = None, position_chunk: int = 128) -> BlockPatchingResult:
     """Token-level effect of each patch of the block after the steered layer (float64 KL, dp).
 
-    ``positions``: ``"first"`` (the first generated token), ``"completion"`` or ``"all"``. Besides the
-    means, ``kl_by_position`` keeps KL(patched || base) per completion position (0 = the first generated
-    token, up to ``max_positions``).
+    The headline is the papers' ``effect_lost`` = KL(steered || patched) / KL(steered || base), the share
+    of the steering effect a patch removes; ``retained`` = KL(patched || base) / KL(steered || base) is
+    kept as a column (see ``BlockPatchingResult``). ``positions``: ``"first"`` (the first generated
+    token), ``"completion"`` or ``"all"``. Besides the means, the KLs are kept per completion position
+    (0 = the first generated token, up to ``max_positions``; ``position_frame``).
 
     Memory: ``batch_size`` sequences at a time (default: ``rows_per_forward``), ``patch_chunk`` patches per
     stacked forward (default: as many as ``budget_rows`` allows); only the chosen positions' final
@@ -356,7 +411,10 @@ def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = No
     kl_b = torch.zeros(n_p, dtype=torch.float64)
     kl_s = torch.zeros(n_p, dtype=torch.float64)
     dp = torch.zeros(n_p, len(tracked), dtype=torch.float64)
+    kl_sb = torch.zeros((), dtype=torch.float64)  # KL(steered || base)
     by_pos = torch.zeros(n_p, max_positions, dtype=torch.float64)  # KL(patched || base) per completion position
+    by_pos_s = torch.zeros(n_p, max_positions, dtype=torch.float64)  # KL(steered || patched)
+    by_pos_sb = torch.zeros(max_positions, dtype=torch.float64)  # KL(steered || base)
     pos_count = torch.zeros(max_positions, dtype=torch.float64)
     n = 0
     all_patches = [Patch("__steered__"), Patch("__base__", base_run=True)] + patches
@@ -381,20 +439,27 @@ def block_patching(model, inputs, steering, patches: Sequence[Patch] | None = No
             rel_c, keep_c = rel[cs], keep[cs]
             lp_steer = final_logprobs(model, picked[0, cs])
             lp_base = final_logprobs(model, picked[1, cs])
+            p_steer = lp_steer.exp()
+            sb_tok = (p_steer * (lp_steer - lp_base)).sum(-1).cpu()
+            kl_sb += sb_tok.sum()
+            by_pos_sb += torch.bincount(rel_c[keep_c], weights=sb_tok[keep_c], minlength=max_positions)
             for i in range(n_p):
                 lp = final_logprobs(model, picked[i + 2, cs])
                 kl_tok = (lp.exp() * (lp - lp_base)).sum(-1).cpu()
                 kl_b[i] += kl_tok.sum()
                 by_pos[i] += torch.bincount(rel_c[keep_c], weights=kl_tok[keep_c], minlength=max_positions)
-                kl_s[i] += (lp_steer.exp() * (lp_steer - lp)).sum().cpu()
+                s_tok = (p_steer * (lp_steer - lp)).sum(-1).cpu()
+                kl_s[i] += s_tok.sum()
+                by_pos_s[i] += torch.bincount(rel_c[keep_c], weights=s_tok[keep_c], minlength=max_positions)
                 for j, tok in enumerate(tracked.values()):
                     dp[i, j] += (lp[:, tok].exp() - lp_base[:, tok].exp()).sum().cpu()
                 del lp
-            del lp_steer, lp_base
+            del lp_steer, lp_base, p_steer
         del picked
     if n == 0:
         raise SteerInterpError("no positions selected")
     used = int((pos_count > 0).nonzero().max()) + 1 if (pos_count > 0).any() else 0
+    per = pos_count[:used].clamp_min(1)
     return BlockPatchingResult(layer, names, (kl_b / n).tolist(), (kl_s / n).tolist(),
                                {t: (dp[:, j] / n).tolist() for j, t in enumerate(tracked)}, positions, n,
-                               by_pos[:, :used] / pos_count[:used].clamp_min(1))
+                               by_pos[:, :used] / per, float(kl_sb / n), by_pos_s[:, :used] / per, by_pos_sb[:used] / per)

@@ -2,11 +2,13 @@
 
 The papers sent token lists to GPT-4.1 (PAPER_NOTES section 4.3); offline, tokens are classified by
 Unicode script. A token is *non-English* when its letters are of a non-Latin script (CJK, Cyrillic,
-Arabic, ...), when they are Latin letters outside ASCII (``é``, ``ß``: other Latin-script
-languages), or when it is a byte fragment of a multi-byte character (it decodes to U+FFFD alone:
-these are pieces of non-ASCII text). Tokens without letters (digits, punctuation, whitespace) are
-*neutral* and left out of the shares. Each share among the top/bottom-k is compared with the
-vocabulary's base rate, with a one-sided hypergeometric p-value.
+Arabic, ...) or Latin letters outside ASCII (``é``, ``ß``: other Latin-script languages). Tokens
+without letters (digits, punctuation, whitespace) are *neutral* and left out of the shares, and so
+are byte fragments of multi-byte characters (tokens that decode to U+FFFD): they are pieces of
+characters, not a language (``include_fragments=True`` counts them as non-English, the earlier rule).
+Each share among the top/bottom-k is compared with the vocabulary's base rate with a one-sided
+hypergeometric p-value; the p-values of one direction are corrected across layers with
+Benjamini-Hochberg, and a layer is significant when its q-value is below ``alpha``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from steerinterp.analysis.logit_lens import LogitLensResult
 from steerinterp.analysis.result import AnalysisResult
+from steerinterp.analysis.stats import benjamini_hochberg
 
 NEUTRAL = ("digits", "punctuation", "whitespace", "empty")
 
@@ -52,9 +55,10 @@ def token_script(text: str) -> str:
     return scripts.most_common(1)[0][0]
 
 
-def is_non_english(script: str) -> bool | None:
-    """True / False for letter-bearing tokens, None for neutral ones."""
-    if script in NEUTRAL:
+def is_non_english(script: str, *, include_fragments: bool = False) -> bool | None:
+    """True / False for letter-bearing tokens, None for neutral ones (byte fragments too, unless
+    ``include_fragments``: then they count as non-English)."""
+    if script in NEUTRAL or (script == "byte_fragment" and not include_fragments):
         return None
     return script != "latin_ascii"
 
@@ -76,9 +80,16 @@ def hypergeom_sf(x: int, total: int, successes: int, draws: int) -> float:
 
 @dataclass
 class LanguageResult(AnalysisResult):
+    """One row per layer and direction: ``non_english`` / ``letter_tokens`` among the top-k,
+    ``byte_fragments`` (left out unless ``include_fragments``), the share, the base rate, the raw
+    ``p_value``, the Benjamini-Hochberg ``q_value`` across the layers of that direction and
+    ``significant`` (q < ``alpha``)."""
+
     rows: list[dict]
     base_rate: float
     vocab_scripts: dict[str, int]
+    alpha: float = 0.05
+    include_fragments: bool = False
 
     def to_frame(self):
         import pandas as pd
@@ -92,18 +103,26 @@ class LanguageResult(AnalysisResult):
         fig = go.Figure()
         for direction, colour in (("suppressed", "#c0392b"), ("boosted", "#2471a3")):
             d = df[df["direction"] == direction]
-            fig.add_trace(go.Bar(x=d["layer"].astype(str), y=d["non_english_share"], name=direction, marker_color=colour))
+            fig.add_trace(go.Bar(x=d["layer"].astype(str), y=d["non_english_share"], name=direction, marker_color=colour,
+                                 text=["*" if s else "" for s in d["significant"]], textposition="outside"))
         fig.add_hline(y=self.base_rate, line_dash="dash", annotation_text=f"vocabulary {self.base_rate:.1%}")
-        fig.update_layout(barmode="group", title="share of non-English tokens among the top-k of the logit lens",
+        fragments = "byte fragments counted as non-English" if self.include_fragments else "byte fragments left out"
+        fig.update_layout(barmode="group", title=f"share of non-English tokens among the top-k of the logit lens "
+                                                 f"(* BH q < {self.alpha:g} across layers; {fragments})",
                           xaxis_title="layer", yaxis_title="non-English share (letter tokens)", yaxis_tickformat=".0%")
         return fig
 
 
-def language_shares(lens: LogitLensResult, *, k: int | None = None, by: str = "cos") -> LanguageResult:
-    """Non-English share of each layer's top-k boosted and suppressed tokens vs the vocabulary."""
+def language_shares(lens: LogitLensResult, *, k: int | None = None, by: str = "cos", include_fragments: bool = False,
+                    alpha: float = 0.05) -> LanguageResult:
+    """Non-English share of each layer's top-k boosted and suppressed tokens vs the vocabulary.
+
+    Byte fragments (U+FFFD) are neutral unless ``include_fragments``; p-values are corrected across
+    layers (Benjamini-Hochberg, separately for boosted and suppressed) and ``significant`` is q < ``alpha``.
+    """
     k = k or lens.k
     scripts = [token_script(t) for t in lens.vocab]
-    flags = [is_non_english(s) for s in scripts]
+    flags = [is_non_english(s, include_fragments=include_fragments) for s in scripts]
     letter_total = sum(f is not None for f in flags)
     non_en_total = sum(bool(f) for f in flags)
     base = non_en_total / letter_total if letter_total else float("nan")
@@ -117,8 +136,13 @@ def language_shares(lens: LogitLensResult, *, k: int | None = None, by: str = "c
             share = non_en / letters if letters else float("nan")
             counts = Counter(scripts[i] for i in ids)
             rows.append({"layer": layer, "direction": direction, "k": k, "letter_tokens": letters, "non_english": non_en,
+                         "byte_fragments": counts.get("byte_fragment", 0),
                          "non_english_share": share, "base_rate": base,
                          "enrichment": share / base if base else float("nan"),
                          "p_value": hypergeom_sf(non_en, letter_total, non_en_total, letters) if letters else float("nan"),
-                         "scripts": dict(counts.most_common())})
-    return LanguageResult(rows, base, dict(Counter(scripts).most_common()))
+                         "q_value": float("nan"), "significant": False, "scripts": dict(counts.most_common())})
+    for direction in ("boosted", "suppressed"):
+        mine = [r for r in rows if r["direction"] == direction]
+        for r, q in zip(mine, benjamini_hochberg([r["p_value"] for r in mine]).tolist()):
+            r["q_value"], r["significant"] = q, bool(q < alpha)
+    return LanguageResult(rows, base, dict(Counter(scripts).most_common()), alpha, include_fragments)

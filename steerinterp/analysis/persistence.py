@@ -13,6 +13,12 @@ layer's ``hook_resid_post``. By construction delta is 0 before l and exactly ``s
   ``vector_logit_lens``).
 
 Rows are steered layers, columns observed layers; cells before the steered layer are NaN.
+
+Positions: by default the averages run over completion positions (those predicting a completion
+token, from the last prompt token on); ``result.prompt`` holds the same matrices over the prompt's
+other positions, reported separately. ``positions="all"`` averages over both, the last token dropped
+(the earlier default, and literally what the papers' ``match_effect.py`` does; there the completions,
+up to 4,096 tokens, dwarf the prompt, whereas with short completions the prompt would dominate).
 """
 
 from __future__ import annotations
@@ -43,8 +49,12 @@ class PersistenceResult(AnalysisResult):
     diff_diff_per_sample: Float[torch.Tensor, "steered observed samples"]
     final_shifts: dict[int, torch.Tensor]
     n_tokens: int
+    positions: str = "completion"  # the positions averaged over: "completion", "all" or "prompt"
+    prompt: PersistenceResult | None = None  # the same over the prompt's positions (reported separately)
 
-    def to_frame(self):
+    def to_frame(self, *, include_prompt: bool = False):
+        """One row per (steered, observed) pair with observed >= steered. ``include_prompt``: also the
+        prompt's rows, with a ``positions`` column telling them apart."""
         import pandas as pd
 
         rows = []
@@ -53,7 +63,12 @@ class PersistenceResult(AnalysisResult):
                 if o >= s:
                     rows.append({"steered_layer": s, "observed_layer": o,
                                  **{m: float(getattr(self, m)[i, j]) for m in METRICS}})
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        if include_prompt:
+            df.insert(0, "positions", self.positions)
+            if self.prompt is not None:
+                df = pd.concat([df, self.prompt.to_frame(include_prompt=True)], ignore_index=True)
+        return df
 
     def plot(self, metrics: Sequence[str] = ("diff_diff", "diff_vector", "mean_diff_vector")):
         import plotly.graph_objects as go
@@ -75,7 +90,7 @@ class PersistenceResult(AnalysisResult):
                                      showscale=k == 0), 1, k + 1)
             fig.update_xaxes(title_text="observed layer", row=1, col=k + 1)
         fig.update_yaxes(title_text="steered layer", autorange="reversed")
-        fig.update_layout(title=f"steering-vector persistence ({self.n_tokens} tokens)")
+        fig.update_layout(title=f"steering-vector persistence ({self.n_tokens} tokens) over {self.positions} positions")
         return fig
 
 
@@ -89,6 +104,47 @@ def _first_block(steering) -> int | None:
     return None if not layers or None in layers else min(layers)
 
 
+class _Sums:
+    """Running sums of one group of positions (the analysed positions, or the prompt's)."""
+
+    def __init__(self, n_s: int, n_o: int, n: int, d: int):
+        self.dd = torch.full((n_s, n_o, n), float("nan"), dtype=torch.float64)
+        self.dv = torch.full((n_s, n_o, n), float("nan"), dtype=torch.float64)
+        self.delta = torch.zeros(n_s, n_o, d, dtype=torch.float64)
+        self.norm = torch.zeros(n_s, n_o, dtype=torch.float64)
+        self.final = torch.zeros(n_s, d, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, i: int, j: int, delta: torch.Tensor, sel: torch.Tensor, rows: slice, vec: torch.Tensor | None):
+        """Add observed layer j of steered layer i for one chunk: delta [b, t, d], sel [b, t]."""
+        n_sel = sel.sum(1).clamp_min(1)
+        mean_t = (delta * sel[..., None]).sum(1) / n_sel[:, None]
+        none = sel.sum(1) == 0  # a sample without positions of this group has no value (NaN), not 0
+        self.dd[i, j, rows] = ((_cos(delta, mean_t[:, None]) * sel).sum(1) / n_sel).masked_fill(none, float("nan")).cpu()
+        if vec is not None:
+            self.dv[i, j, rows] = ((_cos(delta, vec) * sel).sum(1) / n_sel).masked_fill(none, float("nan")).cpu()
+        self.delta[i, j] += (delta * sel[..., None]).sum((0, 1)).cpu()
+        self.norm[i, j] += (delta.norm(dim=-1) * sel).sum().cpu()
+
+    def result(self, steered, observed, vecs, positions: str, prompt=None) -> PersistenceResult:
+        n_s, n_o = len(steered), len(observed)
+        mean_delta = self.delta / self.count
+        mdv = torch.full((n_s, n_o), float("nan"), dtype=torch.float64)
+        for i, layer in enumerate(steered):
+            for j, o in enumerate(observed):
+                if o >= layer and o in vecs:
+                    mdv[i, j] = _cos(mean_delta[i, j], vecs[o].double().cpu())
+        below = torch.tensor([[o < s for o in observed] for s in steered])
+        delta_norm = (self.norm / self.count).masked_fill(below, float("nan"))
+        return PersistenceResult(
+            steered, observed, self.dv.nanmean(-1), self.dd.nanmean(-1), mdv, delta_norm, self.dd,
+            {layer: self.final[i] / self.count for i, layer in enumerate(steered)}, self.count, positions, prompt,
+        )
+
+
+POSITIONS = ("completion", "all")
+
+
 @torch.no_grad()
 def persistence(
     model: HookedModel,
@@ -96,19 +152,22 @@ def persistence(
     vectors,
     *,
     observed_layers: Sequence[int] | None = None,
-    positions: str = "all",
+    positions: str = "completion",
     batch_size: int | None = None,
 ) -> PersistenceResult:
     """Propagation matrices for each vector of ``vectors`` applied alone (see the module docstring).
 
-    ``positions``: ``"all"`` (prompt and completion, the last token dropped as in the papers) or
-    ``"completion"`` (the positions predicting completion tokens). Only ``hook_resid_post`` of the
-    observed layers is cached, one chunk of ``batch_size`` sequences at a time (default:
-    ``rows_per_forward``). Each steered run starts at its vector's block from the base run's cached
-    residual (the blocks before it are the base run's: the same operations, so the same values).
+    ``positions``: ``"completion"`` (default: the positions that predict completion tokens, from the
+    last prompt token on) or ``"all"`` (prompt and completion, the last token dropped; the earlier
+    default). Either way ``result.prompt`` holds the same matrices over the
+    prompt's other positions (every prompt token but the last), or None when there are none.
+    Only ``hook_resid_post`` of the observed layers is cached, one chunk of ``batch_size`` sequences at
+    a time (default: ``rows_per_forward``). Each steered run starts at its vector's block from the base
+    run's cached residual (the blocks before it are the base run's: the same operations, so the same
+    values).
     """
-    if positions not in ("all", "completion"):
-        raise SteerInterpError(f"positions={positions!r}; choose 'all' or 'completion'")
+    if positions not in POSITIONS:
+        raise SteerInterpError(f"positions={positions!r}; choose 'completion' or 'all'")
     batch = as_batch(inputs, model)
     vecs = as_vector_dict(vectors)
     if not vecs:
@@ -125,17 +184,16 @@ def persistence(
         starts[layer] = first if first else 0
     entries = sorted({entering(b) for b in starts.values() if b > 0} - set(cached))
     n_s, n_o, n = len(steered), len(observed), len(batch)
-    dd = torch.full((n_s, n_o, n), float("nan"), dtype=torch.float64)
-    dv = torch.full((n_s, n_o, n), float("nan"), dtype=torch.float64)
-    delta_sum = torch.zeros(n_s, n_o, model.cfg.d_model, dtype=torch.float64)
-    norm_sum = torch.zeros(n_s, n_o, dtype=torch.float64)
-    final_sum = torch.zeros(n_s, model.cfg.d_model, dtype=torch.float64)
-    count = 0
+    groups = {"main": _Sums(n_s, n_o, n, model.cfg.d_model), "prompt": _Sums(n_s, n_o, n, model.cfg.d_model)}
     step = rows_per_forward(model, batch, batch_size)
     for start in range(0, n, step):
         chunk = batch.rows(slice(start, start + step))
-        sel = chunk.predicting_mask if positions == "completion" else (chunk.prompt_mask.bool() | chunk.predicting_mask)
-        count += int(sel.sum())
+        rows = slice(start, start + len(chunk))
+        pred = chunk.predicting_mask
+        masks = {"main": pred if positions == "completion" else (chunk.prompt_mask.bool() | pred),
+                 "prompt": chunk.prompt_mask.bool() & ~pred}
+        for g, sel in masks.items():
+            groups[g].count += int(sel.sum())
         _, base = run_cached(model, chunk, None, cached + entries)
         for i, layer in enumerate(steered):
             b0 = starts[layer]
@@ -145,35 +203,21 @@ def persistence(
                 _, st = run_blocks(model, chunk, alone[layer], wanted, start=b0, resid=base[entering(b0)])
             else:
                 _, st = run_cached(model, chunk, alone[layer], wanted)
-            final_sum[i] += ((st[final_name] - base[final_name]).double() * sel[..., None]).sum((0, 1)).cpu()
+            final = (st[final_name] - base[final_name]).double()
+            for g, sel in masks.items():
+                groups[g].final[i] += (final * sel[..., None]).sum((0, 1)).cpu()
+            del final
             for j, o in enumerate(observed):
                 if o < layer:
                     continue
                 delta = (st[names[j]] - base[names[j]]).double()  # [b, t, d]
-                mean_t = (delta * sel[..., None]).sum(1) / sel.sum(1).clamp_min(1)[:, None]
-                per_tok_dd = _cos(delta, mean_t[:, None])
-                rows = slice(start, start + len(chunk))
-                dd[i, j, rows] = (per_tok_dd * sel).sum(1) / sel.sum(1).clamp_min(1)
-                if o in vecs:
-                    per_tok_dv = _cos(delta, vecs[o].double().to(delta.device))
-                    dv[i, j, rows] = (per_tok_dv * sel).sum(1) / sel.sum(1).clamp_min(1)
-                masked = delta * sel[..., None]
-                delta_sum[i, j] += masked.sum((0, 1)).cpu()
-                norm_sum[i, j] += (delta.norm(dim=-1) * sel).sum().cpu()
-                del delta, masked
+                vec = vecs[o].double().to(delta.device) if o in vecs else None
+                for g, sel in masks.items():
+                    groups[g].add(i, j, delta, sel, rows, vec)
+                del delta
             del st
         del base
-    if count == 0:
+    if groups["main"].count == 0:
         raise SteerInterpError("no positions selected; the batch has no completion tokens")
-    mean_delta = delta_sum / count
-    mdv = torch.full((n_s, n_o), float("nan"), dtype=torch.float64)
-    for i, layer in enumerate(steered):
-        for j, o in enumerate(observed):
-            if o >= layer and o in vecs:
-                mdv[i, j] = _cos(mean_delta[i, j], vecs[o].double().cpu())
-    below = torch.tensor([[o < s for o in observed] for s in steered])
-    delta_norm = (norm_sum / count).masked_fill(below, float("nan"))
-    return PersistenceResult(
-        steered, observed, dv.nanmean(-1), dd.nanmean(-1), mdv, delta_norm, dd,
-        {layer: final_sum[i] / count for i, layer in enumerate(steered)}, count,
-    )
+    prompt = groups["prompt"].result(steered, observed, vecs, "prompt") if groups["prompt"].count else None
+    return groups["main"].result(steered, observed, vecs, positions, prompt)

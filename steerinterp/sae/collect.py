@@ -13,8 +13,13 @@ exact choices are not public; the defaults here are documented in docs/sae.md:
   whose huge "attention sink" norm (about 24,000 on SmolLM2 against about 180 elsewhere) would swamp
   any SAE loss.
 * one ``DiffActivations`` per hook: rows are tokens, with their sample, position and token id, and
-  the sample's label. ``iter_differences`` yields the same thing chunk by chunk for runs that do not
-  fit in memory (``DiffActivationStore`` writes the chunks to disk).
+  the sample's label and problem (``LabelledGenerations.problem_index``: the samples of one problem
+  share their prompt, so their prompt rows are the same rows). ``iter_differences`` yields the same
+  thing chunk by chunk for runs that do not fit in memory (``DiffActivationStore`` writes the chunks
+  to disk).
+* ``row_keys``: a 62-bit key per row that is equal for equal rows (the same token prefix, the same
+  place relative to the prompt's end), so ``sae.rows.training_rows`` can de-duplicate them and keep
+  held-out rows out of the training rows.
 """
 
 from __future__ import annotations
@@ -96,7 +101,8 @@ class DiffActivations:
 
     ``sample`` indexes the generation a row came from (``labels[sample]`` is its label), ``position``
     its position in that generation's padded token row, ``token`` the token at that position and
-    ``in_completion`` whether the position predicts a completion token.
+    ``in_completion`` whether the position predicts a completion token. ``problem`` (optional, one id
+    per sample) says which problem each generation answers.
     """
 
     hook_name: str
@@ -107,6 +113,7 @@ class DiffActivations:
     in_completion: Bool[torch.Tensor, "rows"]
     labels: Bool[torch.Tensor, "samples"]
     sample_tokens: list[list[int]] = field(default_factory=list)  # each sample's token row, padding = -1
+    problem: Int[torch.Tensor, "samples"] | None = None  # each sample's problem id
 
     def __post_init__(self):
         n = self.delta.shape[0]
@@ -116,6 +123,11 @@ class DiffActivations:
                 raise SteerInterpError(f"DiffActivations.{name} needs one entry per row ({n}), got {got}")
         if n and int(self.sample.max()) >= len(self.labels):
             raise SteerInterpError("DiffActivations has rows of a sample without a label")
+        if self.problem is not None:
+            self.problem = torch.as_tensor(self.problem, dtype=torch.long).cpu()
+            if self.problem.shape != self.labels.shape:
+                raise SteerInterpError(f"DiffActivations.problem needs one id per sample ({len(self.labels)}), "
+                                       f"got shape {tuple(self.problem.shape)}")
 
     def __len__(self) -> int:
         return self.delta.shape[0]
@@ -135,10 +147,12 @@ class DiffActivations:
     def select(self, rows: torch.Tensor) -> DiffActivations:
         """The given rows (a boolean mask or indices); samples and labels are kept as they are."""
         return DiffActivations(self.hook_name, self.delta[rows], self.sample[rows], self.position[rows],
-                               self.token[rows], self.in_completion[rows], self.labels, self.sample_tokens)
+                               self.token[rows], self.in_completion[rows], self.labels, self.sample_tokens, self.problem)
 
     def split_samples(self, heldout: float, seed: int = 0) -> tuple[DiffActivations, DiffActivations]:
-        """(train, held-out) split by whole samples, so no generation contributes to both."""
+        """(train, held-out) split by whole samples, so no generation contributes to both (rows may still
+        repeat across the two: the samples of one problem share their prompt rows). ``sae.rows.training_rows``
+        splits by problem and de-duplicates; ``train_diff_sae`` uses it."""
         mask = heldout_samples(self.n_samples, heldout, seed)[self.sample]
         return self.select(~mask), self.select(mask)
 
@@ -184,18 +198,24 @@ def _row_mask(batch: Batch, positions: str) -> torch.Tensor:
 
 
 def iter_differences(model: HookedModel, inputs, steering, hooks, labels=None, *, positions: str = "completion",
-                     base_steering=None, batch_size: int = 8, dtype: torch.dtype = torch.float32,
+                     base_steering=None, batch_size: int = 8, dtype: torch.dtype = torch.float32, problems=None,
                      ) -> Iterator[dict[str, DiffActivations]]:
     """Yield ``{hook_name: DiffActivations}`` for each chunk of ``batch_size`` samples, with sample
-    indices counted over the whole input. ``inputs``: a ``LabelledGenerations`` (its labels are used),
-    a ``GenerationOutput`` or a ``Batch`` (then give ``labels``)."""
+    indices counted over the whole input. ``inputs``: a ``LabelledGenerations`` (its labels and
+    problem indices are used), a ``GenerationOutput`` or a ``Batch`` (then give ``labels`` and, to
+    hold out by problem, ``problems``: one problem id per sample)."""
     if isinstance(inputs, LabelledGenerations):
         labels = inputs.correct if labels is None else labels
+        problems = inputs.problem_index if problems is None else problems
         inputs = inputs.output
     batch = as_batch(inputs, model)
     labels = torch.zeros(len(batch), dtype=torch.bool) if labels is None else torch.as_tensor(labels, dtype=torch.bool).cpu()
     if labels.shape != (len(batch),):
         raise SteerInterpError(f"{len(batch)} samples but {labels.numel()} labels; give one label per sample")
+    if problems is not None:
+        problems = torch.as_tensor(problems, dtype=torch.long).cpu()
+        if problems.shape != (len(batch),):
+            raise SteerInterpError(f"{len(batch)} samples but {problems.numel()} problem ids; give one per sample")
     if steering is None:
         raise SteerInterpError("differences need steering: give the vectors whose effect the DiffSAE should explain")
     names = _hook_names(model, hooks)
@@ -209,18 +229,18 @@ def iter_differences(model: HookedModel, inputs, steering, hooks, labels=None, *
         for name in names:
             delta = (steered[name].double() - base[name].double()).cpu()[rows, pos].to(dtype)
             out[name] = DiffActivations(name, delta, rows + start, pos, tokens[rows, pos],
-                                        chunk.predicting_mask.cpu()[rows, pos], labels, [])
+                                        chunk.predicting_mask.cpu()[rows, pos], labels, [], problems)
         yield out
         start += len(chunk)
 
 
 def collect_differences(model: HookedModel, inputs, steering, hooks, labels=None, *, positions: str = "completion",
-                        base_steering=None, batch_size: int = 8, dtype: torch.dtype = torch.float32,
+                        base_steering=None, batch_size: int = 8, dtype: torch.dtype = torch.float32, problems=None,
                         ) -> dict[str, DiffActivations]:
     """All differences in memory: ``{hook_name: DiffActivations}`` (see ``iter_differences``)."""
     parts: dict[str, list[DiffActivations]] = {}
     for chunk in iter_differences(model, inputs, steering, hooks, labels, positions=positions,
-                                  base_steering=base_steering, batch_size=batch_size, dtype=dtype):
+                                  base_steering=base_steering, batch_size=batch_size, dtype=dtype, problems=problems):
         for name, d in chunk.items():
             parts.setdefault(name, []).append(d)
     return {name: concat_differences(ds, sample_tokens=sample_token_rows(inputs)) for name, ds in parts.items()}
@@ -241,4 +261,80 @@ def concat_differences(parts: Sequence[DiffActivations], *, sample_tokens: list[
     cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
     return DiffActivations(parts[0].hook_name, cat("delta"), cat("sample"), cat("position"), cat("token"),
                            cat("in_completion"), parts[-1].labels,
-                           parts[-1].sample_tokens if sample_tokens is None else sample_tokens)
+                           parts[-1].sample_tokens if sample_tokens is None else sample_tokens, parts[-1].problem)
+
+
+# --- equal rows -----------------------------------------------------------------------------------------
+# Two polynomial hashes modulo primes below 2^31, combined into one int64 key below 2^62: products of two
+# residues stay below 2^62 and sums of up to 2^31 residues below 2^63, so everything is exact int64.
+_MODULI = (2_147_483_647, 2_147_483_629)
+_BASES = (1_000_003, 972_663_749)
+
+
+def _powers(n: int) -> list[torch.Tensor]:
+    out = []
+    for p, b in zip(_MODULI, _BASES):
+        pw = [1]
+        for _ in range(1, n):
+            pw.append(pw[-1] * b % p)
+        out.append(torch.tensor(pw, dtype=torch.long))
+    return out
+
+
+def _combine(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+    return h1 * _MODULI[1] + h2
+
+
+def _prefix_hashes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per modulus, [samples, pos]: hash of each sample's real tokens (padding = -1 skipped) up to each position."""
+    real = tokens >= 0
+    index = (real.long().cumsum(-1) - 1).clamp(min=0)
+    out = []
+    for p, pw in zip(_MODULI, _powers(tokens.shape[1])):
+        val = torch.where(real, (tokens + 1) % p * pw[index] % p, torch.zeros_like(tokens))
+        out.append(val.cumsum(-1) % p)
+    return out[0], out[1]
+
+
+def _value_hashes(delta: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per modulus, [rows]: hash of each row's bytes (rows are equal only when bitwise equal)."""
+    raw = delta.contiguous().view(torch.uint8).reshape(len(delta), -1)
+    pows = _powers(raw.shape[1])
+    out = ([], [])
+    for i in range(0, len(raw), chunk):
+        b = raw[i : i + chunk].long() + 1
+        for m, (p, pw) in enumerate(zip(_MODULI, pows)):
+            out[m].append((b * pw % p).sum(-1) % p)
+    empty = torch.zeros(0, dtype=torch.long)
+    return (torch.cat(out[0]) if out[0] else empty), (torch.cat(out[1]) if out[1] else empty)
+
+
+def row_keys(d: DiffActivations) -> Int[torch.Tensor, "rows"]:
+    """A key per row, equal for rows that are the same (with a chance of about 2^-62 per pair otherwise).
+
+    With the samples' token rows (``sample_tokens``) a row is named by the tokens up to its position
+    (a causal model's activation there depends on nothing else) and, for completion rows, its distance
+    from the prompt's end (steering restricted to prompt or generated tokens sees that boundary); the
+    same prompt prefix in two generations is then one row whatever the padding, which bitwise
+    comparison of the float values would miss. Without token rows, rows are equal when their values
+    are bitwise equal.
+    """
+    n = len(d)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if not d.sample_tokens:
+        h1, h2 = _value_hashes(d.delta)
+        return _combine(h1, h2)
+    samples, local = torch.unique(d.sample, return_inverse=True)
+    rows = [d.sample_tokens[s] for s in samples.tolist()]
+    width = max(len(r) for r in rows)
+    tokens = torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+    p1, p2 = _prefix_hashes(tokens)
+    h1, h2 = p1[local, d.position], p2[local, d.position]
+    big = torch.iinfo(torch.long).max
+    start = torch.full((len(samples),), big, dtype=torch.long).scatter_reduce(
+        0, local[d.in_completion], d.position[d.in_completion], "amin")  # each sample's first completion row
+    offset = torch.where(d.in_completion, d.position - start[local] + 1, torch.zeros_like(d.position))
+    h1 = (h1 * _BASES[0] + offset) % _MODULI[0]
+    h2 = (h2 * _BASES[1] + offset) % _MODULI[1]
+    return _combine(h1, h2)

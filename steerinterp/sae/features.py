@@ -22,6 +22,7 @@ from jaxtyping import Float
 from steerinterp.analysis.batch import token_strings
 from steerinterp.analysis.logit_lens import LogitLensResult, Mode, vector_logit_lens
 from steerinterp.analysis.result import AnalysisResult
+from steerinterp.analysis.stats import benjamini_hochberg
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations
 from steerinterp.sae.model import as_sae_lens
@@ -40,18 +41,6 @@ def encode_rows(sae, delta: torch.Tensor, batch_size: int = 4096) -> Float[torch
     out = [sae.encode(delta[i : i + batch_size].to(sae.device, sae.dtype)).float().cpu()
            for i in range(0, len(delta), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, sae.cfg.d_sae)
-
-
-def benjamini_hochberg(p: torch.Tensor) -> torch.Tensor:
-    """q-values (false discovery rate) of a vector of p-values."""
-    p = p.double()
-    n = p.numel()
-    order = torch.argsort(p)
-    ranked = p[order] * n / torch.arange(1, n + 1, dtype=torch.float64)
-    q_sorted = torch.flip(torch.cummin(torch.flip(ranked, [0]), 0).values, [0]).clamp(max=1.0)
-    q = torch.empty_like(p)
-    q[order] = q_sorted
-    return q
 
 
 def fisher_exact_pvalues(fired_correct: torch.Tensor, n_correct: int, fired_incorrect: torch.Tensor,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -81,7 +81,9 @@ def sae_quality(sae, source: DiffActivations | ShardedDiffs, *, batch_size: int 
 
 @dataclass
 class DiffSAE(AnalysisResult):
-    """A trained SAE (a sae-lens inference SAE) with the hook it reads and its quality."""
+    """A trained SAE (a sae-lens inference SAE) with the hook it reads and its quality; ``data`` says which
+    rows it was trained and measured on (``sae.rows.TrainingRows.summary()``: distinct rows, held out by
+    problem, ...)."""
 
     sae: object
     hook_name: str
@@ -90,6 +92,7 @@ class DiffSAE(AnalysisResult):
     heldout_quality: SAEQuality | None
     training_tokens: int = 0
     seconds: float = 0.0
+    data: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -102,7 +105,8 @@ class DiffSAE(AnalysisResult):
         for split, q in (("train", self.train_quality), ("heldout", self.heldout_quality)):
             if q is not None:
                 rows.append({"hook": self.hook_name, "architecture": self.architecture, "split": split,
-                             **q.to_frame().iloc[0].to_dict()})
+                             **q.to_frame().iloc[0].to_dict(),
+                             **{k: self.data[k] for k in ("distinct_rows", "rows", "heldout_by") if k in self.data}})
         return pd.DataFrame(rows)
 
     def plot(self):
@@ -121,7 +125,8 @@ class DiffSAE(AnalysisResult):
         meta = {"hook_name": self.hook_name, "architecture": self.architecture, "training_tokens": self.training_tokens,
                 "seconds": self.seconds,
                 "train_quality": None if self.train_quality is None else dataclasses.asdict(self.train_quality),
-                "heldout_quality": None if self.heldout_quality is None else dataclasses.asdict(self.heldout_quality)}
+                "heldout_quality": None if self.heldout_quality is None else dataclasses.asdict(self.heldout_quality),
+                "data": self.data}
         (directory / STEERINTERP_META).write_text(json.dumps(meta, indent=1))
         return directory
 
@@ -146,7 +151,7 @@ def load_diff_sae(directory, *, device: str = "cpu") -> DiffSAE:
         raise SteerInterpError(f"the SAE in {directory} does not say which hook it reads; set cfg.metadata.hook_name")
     q = {k: (SAEQuality(**meta[k]) if meta.get(k) else None) for k in ("train_quality", "heldout_quality")}
     return DiffSAE(sae, hook, meta.get("architecture", sae.cfg.architecture()), q["train_quality"], q["heldout_quality"],
-                   meta.get("training_tokens", 0), meta.get("seconds", 0.0))
+                   meta.get("training_tokens", 0), meta.get("seconds", 0.0), meta.get("data") or {})
 
 
 def sae_hook_name(sae, hook_name: str | None = None) -> str:

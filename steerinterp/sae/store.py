@@ -13,6 +13,7 @@ lets an interrupted SAE training resume on the exact batches it would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -35,11 +36,13 @@ def _folder(hook_name: str) -> str:
 
 
 def write_difference_store(directory, chunks: Iterable[dict[str, DiffActivations]], *, labels,
-                           sample_tokens: list[list[int]] | None = None, info: dict | None = None) -> Path:
+                           sample_tokens: list[list[int]] | None = None, problems=None, info: dict | None = None) -> Path:
     """Write each chunk's differences as one shard per hook; returns the directory.
 
     ``labels``: one bool per sample (``LabelledGenerations.correct``); ``sample_tokens``: each
-    sample's token row (for ``top_contexts``); ``info``: anything JSON-serialisable to keep with it.
+    sample's token row (for ``top_contexts``, and to recognise equal rows); ``problems``: one problem
+    id per sample (``LabelledGenerations.problem_index``; default: the chunks' own, if they carry
+    them), to hold out by problem; ``info``: anything JSON-serialisable to keep with it.
     """
     directory = Path(directory)
     if (directory / META).exists():
@@ -49,6 +52,8 @@ def write_difference_store(directory, chunks: Iterable[dict[str, DiffActivations
     d_in: dict[str, int] = {}
     for i, chunk in enumerate(chunks):
         for name, d in chunk.items():
+            if problems is None and d.problem is not None:
+                problems = d.problem
             folder = directory / _folder(name)
             folder.mkdir(exist_ok=True)
             path = folder / f"shard_{i:05d}.safetensors"
@@ -60,8 +65,12 @@ def write_difference_store(directory, chunks: Iterable[dict[str, DiffActivations
     if not shards:
         raise SteerInterpError("no differences were produced; the inputs were empty")
     labels = torch.as_tensor(labels, dtype=torch.bool).tolist()
+    if problems is not None:
+        problems = torch.as_tensor(problems, dtype=torch.long).tolist()
+        if len(problems) != len(labels):
+            raise SteerInterpError(f"{len(labels)} labels but {len(problems)} problem ids; give one per sample")
     meta = {"hooks": {name: {"folder": _folder(name), "rows": rows, "d_in": d_in[name]} for name, rows in shards.items()},
-            "labels": labels, "sample_tokens": sample_tokens or [], "info": info or {}}
+            "labels": labels, "sample_tokens": sample_tokens or [], "problems": problems, "info": info or {}}
     tmp = directory / (META + ".tmp")
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, directory / META)
@@ -70,7 +79,8 @@ def write_difference_store(directory, chunks: Iterable[dict[str, DiffActivations
 
 @dataclass
 class ShardedDiffs:
-    """One hook's differences on disk; ``sample_mask`` (if set) keeps only those samples' rows."""
+    """One hook's differences on disk; ``sample_mask`` (if set) keeps only those samples' rows and
+    ``row_masks`` (if set, one per shard, over the shard's stored rows) only those rows."""
 
     directory: Path
     hook_name: str
@@ -79,6 +89,8 @@ class ShardedDiffs:
     labels: Bool[torch.Tensor, "samples"]
     sample_tokens: list[list[int]]
     sample_mask: Bool[torch.Tensor, "samples"] | None = None
+    problem: torch.Tensor | None = None  # one problem id per sample
+    row_masks: tuple[torch.Tensor, ...] | None = None
 
     @property
     def n_shards(self) -> int:
@@ -88,18 +100,39 @@ class ShardedDiffs:
     def n_samples(self) -> int:
         return len(self.labels)
 
-    def shard(self, i: int) -> DiffActivations:
+    def stored_shard(self, i: int) -> DiffActivations:
+        """Shard ``i`` as stored, every row (no mask applied)."""
         path = self.directory / _folder(self.hook_name) / f"shard_{i:05d}.safetensors"
         try:
             t = load_file(str(path))
         except FileNotFoundError:
             raise SteerInterpError(f"shard {path} is missing; the difference store is incomplete") from None
-        d = DiffActivations(self.hook_name, *(t[f] for f in FIELDS), self.labels, self.sample_tokens)
-        return d if self.sample_mask is None else d.select(self.sample_mask[d.sample])
+        return DiffActivations(self.hook_name, *(t[f] for f in FIELDS), self.labels, self.sample_tokens, self.problem)
+
+    def kept_rows(self, i: int, stored: DiffActivations | None = None) -> Bool[torch.Tensor, "rows"]:
+        """Which of shard ``i``'s stored rows this view keeps."""
+        stored = self.stored_shard(i) if stored is None else stored
+        keep = torch.ones(len(stored), dtype=torch.bool) if self.row_masks is None else self.row_masks[i]
+        return keep if self.sample_mask is None else keep & self.sample_mask[stored.sample]
+
+    def with_row_masks(self, masks) -> ShardedDiffs:
+        """The same store keeping only ``masks[i]`` of shard ``i``'s stored rows (and what this view keeps)."""
+        masks = tuple(torch.as_tensor(m, dtype=torch.bool) for m in masks)
+        if [len(m) for m in masks] != list(self.shard_rows):
+            raise SteerInterpError(f"row masks need one entry per stored row of each of the {self.n_shards} shards")
+        if self.row_masks is not None:
+            masks = tuple(m & old for m, old in zip(masks, self.row_masks))
+        return dataclasses.replace(self, row_masks=masks)
+
+    def shard(self, i: int) -> DiffActivations:
+        d = self.stored_shard(i)
+        if self.row_masks is None and self.sample_mask is None:
+            return d
+        return d.select(self.kept_rows(i, d))
 
     def __len__(self) -> int:
         if self.sample_mask is None:
-            return sum(self.shard_rows)
+            return sum(self.shard_rows) if self.row_masks is None else sum(int(m.sum()) for m in self.row_masks)
         return sum(len(part) for part in self.parts())
 
     def parts(self) -> Iterator[DiffActivations]:
@@ -115,8 +148,7 @@ class ShardedDiffs:
         """(train, held-out) views split by whole samples, with the same rule as ``DiffActivations``."""
         held = heldout_samples(self.n_samples, heldout, seed)
         keep = torch.ones_like(held) if self.sample_mask is None else self.sample_mask
-        return tuple(ShardedDiffs(self.directory, self.hook_name, self.shard_rows, self.d_in, self.labels,
-                                  self.sample_tokens, m & keep) for m in (~held, held))
+        return tuple(dataclasses.replace(self, sample_mask=m & keep) for m in (~held, held))
 
 
 class DiffActivationStore:
@@ -144,7 +176,9 @@ class DiffActivationStore:
         if name not in self.meta["hooks"]:
             raise SteerInterpError(f"this store has no differences at {name!r}; it has {', '.join(self.hooks)}")
         h = self.meta["hooks"][name]
-        return ShardedDiffs(self.directory, name, list(h["rows"]), int(h["d_in"]), self.labels, self.meta["sample_tokens"])
+        problems = self.meta.get("problems")
+        return ShardedDiffs(self.directory, name, list(h["rows"]), int(h["d_in"]), self.labels, self.meta["sample_tokens"],
+                            problem=None if problems is None else torch.tensor(problems, dtype=torch.long))
 
 
 def check_source(source) -> None:

@@ -6,11 +6,16 @@ the activation stream (``activation_batches``), the held-out split, the quality 
 
 Defaults (the papers' recipe is not public; PAPER_NOTES section 4.6):
 
-* ``architecture="topk"``, ``k=32``, ``d_sae = 4 * d_in`` (the authors' own SAE work is TopK-family);
+* the rows: ``rows="all"`` collected rows (``"completion"``: only those predicting completion tokens),
+  each distinct row once (``dedupe=True``), 10% of the *problems* held out (``heldout_by="problem"``)
+  and no held-out row equal to a training row (``sae.rows.training_rows``; the counts are in
+  ``DiffSAE.data``);
+* ``architecture="topk"``, ``k=32``, ``d_sae = 4 * d_in`` (the authors' own SAE work is TopK-family;
+  ``d_sae="auto"`` sizes the dictionary to the distinct training rows with ``suggest_d_sae``);
 * activations scaled to mean norm ``sqrt(d_in)`` (sae-lens's ``expected_average_only_in``), estimated
   on 20 batches of a separate stream and folded into the weights at the end, so the SAE takes raw
   differences;
-* 10% of the *generations* held out for FVU / L0 / dead latents;
+* FVU / L0 / dead latents on the held-out rows;
 * Adam at lr 3e-4, 1024 tokens per batch, ``training_tokens`` defaulting to 20 passes over the data.
 
 Resuming: with ``checkpoint_dir`` and ``n_checkpoints``, sae-lens writes the SAE, its optimiser,
@@ -31,6 +36,7 @@ import torch
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations
 from steerinterp.sae.model import DiffSAE, sae_quality
+from steerinterp.sae.rows import suggest_d_sae, training_rows
 from steerinterp.sae.store import ShardedDiffs, activation_batches, check_source
 
 
@@ -60,13 +66,19 @@ def _to_inference(sae):
         return SAE.load_from_disk(tmp, device=str(sae.device))
 
 
-def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str = "topk", d_sae: int | None = None,
+def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str = "topk", d_sae: int | str | None = None,
                    k: int = 32, training_tokens: int | None = None, batch_size: int = 1024, lr: float = 3e-4,
                    normalize: str = "expected_average_only_in", n_batches_for_norm_estimate: int = 20,
                    heldout: float = 0.1, seed: int = 0, device: str = "cpu", dtype: str = "float32",
                    checkpoint_dir=None, n_checkpoints: int = 0, resume: bool = False,
-                   dead_feature_window: int = 100, sae_kwargs: dict | None = None, model_name: str = "") -> DiffSAE:
+                   dead_feature_window: int = 100, sae_kwargs: dict | None = None, model_name: str = "",
+                   rows: str = "all", dedupe: bool = True, heldout_by: str = "problem") -> DiffSAE:
     """Train an SAE on the rows of ``source`` with sae-lens; see the module docstring for defaults.
+
+    ``rows`` / ``dedupe`` / ``heldout`` / ``heldout_by`` choose the training and held-out rows
+    (``sae.rows.training_rows``); ``dedupe=False, heldout_by="generation"`` is the earlier behaviour but
+    for held-out rows equal to training rows, which are always left out. ``d_sae``: an int, None
+    (4 x d_in) or ``"auto"`` (``suggest_d_sae`` of the distinct training rows and ``k``).
 
     ``sae_kwargs`` go to the sae-lens training config (e.g. ``{"l1_coefficient": 5}`` for
     ``architecture="standard"``); ``k`` is used by the TopK-family architectures only.
@@ -87,16 +99,21 @@ def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str 
         raise SteerInterpError("n_checkpoints needs a checkpoint_dir to write them to")
     sae_cls, cfg_cls = _training_classes(architecture)
     names = {f.name for f in dataclasses.fields(cfg_cls)}
+    split = training_rows(source, rows=rows, dedupe=dedupe, heldout=heldout, heldout_by=heldout_by, seed=seed)
+    train, held = split.train, split.heldout
+    if d_sae == "auto":
+        d_sae = suggest_d_sae(max(split.n_train, 1), source.d_in, k=k)
+    elif isinstance(d_sae, str):
+        raise SteerInterpError(f"d_sae={d_sae!r}; give a number of latents, None (4 x d_in) or 'auto'")
     kwargs = {"d_in": source.d_in, "d_sae": d_sae or 4 * source.d_in, "dtype": dtype, "device": device,
               "normalize_activations": normalize, **({"k": k} if "k" in names else {}), **(sae_kwargs or {})}
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise SteerInterpError(f"{architecture} SAEs have no setting {unknown[0]!r}; they take {', '.join(sorted(names))}")
-    train, held = source.split_samples(heldout, seed) if heldout else (source, None)
-    n_train = len(train)
+    n_train = split.n_train
     if n_train < batch_size:
-        raise SteerInterpError(f"{n_train} training rows are fewer than one batch of {batch_size}; "
-                               "collect more differences or lower batch_size")
+        raise SteerInterpError(f"{n_train} training rows ({split.n_distinct} distinct {rows} rows of {split.n_rows}) are "
+                               f"fewer than one batch of {batch_size}; collect more differences or lower batch_size")
     d_in = source.d_in
     training_tokens = 20 * n_train if training_tokens is None else int(training_tokens)
     if training_tokens < batch_size:
@@ -136,5 +153,5 @@ def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str 
     seconds = time.perf_counter() - t0
     inference = _to_inference(trained).eval()
     return DiffSAE(inference, source.hook_name, architecture, sae_quality(inference, train),
-                   sae_quality(inference, held) if held is not None else None,
-                   trainer.n_training_samples - start_samples, seconds)
+                   sae_quality(inference, held) if held is not None and split.n_heldout else None,
+                   trainer.n_training_samples - start_samples, seconds, split.summary())
