@@ -642,6 +642,32 @@ def lang_sig(direction: str, mode: str = "raw") -> list[dict]:
     return [r for r in lang(mode) if r["direction"] == direction and float(r["p_value"]) < 0.05]
 
 
+def bh_q(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values (the analysis's own correction, recomputed from the file's raw p-values)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+    q = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    out = np.empty_like(q)
+    out[order] = q
+    return out
+
+
+def lang_sig_bh(direction: str, mode: str = "raw", alpha: float = 0.05) -> list[dict]:
+    """Layers significant after Benjamini-Hochberg across the layers of one direction."""
+    rows = [r for r in lang(mode) if r["direction"] == direction]
+    q = bh_q([float(r["p_value"]) for r in rows])
+    return [r for r, qi in zip(rows, q) if qi < alpha]
+
+
+def lang_min_q(direction: str, mode: str = "raw") -> float:
+    return float(bh_q([float(r["p_value"]) for r in lang(mode) if r["direction"] == direction]).min())
+
+
+def q_str(q: float) -> str:
+    return "< 0.001" if q < 0.001 else f(q, 3)
+
+
 def lang_mean(direction: str, mode: str = "raw") -> float:
     return float(np.mean([float(r["non_english_share"]) for r in lang(mode) if r["direction"] == direction]))
 
@@ -1150,6 +1176,11 @@ V: dict[str, Callable[[], str]] = {
     "ll.sup_mean": lambda: pct(lang_mean("suppressed")),
     "ll.boost_mean": lambda: pct(lang_mean("boosted")),
     "ll.sup_layers": lambda: layers_str(lang_sig("suppressed")),
+    "ll.n_layers": lambda: str(len([r for r in lang() if r["direction"] == "suppressed"])),
+    "ll.sup_layers_bh": lambda: layers_str(lang_sig_bh("suppressed")) or "none",
+    "ll.boost_layers_bh": lambda: layers_str(lang_sig_bh("boosted")) or "none",
+    "ll.sup_min_q": lambda: q_str(lang_min_q("suppressed")),
+    "ll.boost_min_q": lambda: q_str(lang_min_q("boosted")),
     "ll.sup_late": lambda: layers_str([r for r in lang_sig("suppressed") if int(r["layer"]) >= 20]),
     "ll.sup_top": lambda: (lambda rows: f"{pct(float(rows[0]['non_english_share']), 0)} non-English at layers "
                                         f"{layers_str(rows)}, p = {f(float(rows[0]['p_value']), 3)}")(lang_top_sup()),
