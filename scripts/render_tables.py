@@ -1018,6 +1018,62 @@ def t_architectures() -> str:
     return md_table(["model", "architecture", "layer", "vector norm", "engine used", "greedy fast = hooked"], rows)
 
 
+# --- docs/claims.md ----------------------------------------------------------------------------------------
+
+
+def paired_gain(variant: str, mode: str) -> str:
+    """Held-out gain of one vector set over the base model, in points, with a paired percentile bootstrap
+    95% interval over the same problems (per-problem rows of add1-all81-eval.csv)."""
+    a, b = per_problem(variant, True), per_problem("base", True)
+    d = np.asarray(a[mode], dtype=float) - np.asarray(b[mode], dtype=float)
+    lo, hi = boot_ci(d)
+    return f"{sgn(100 * d.mean(), 1)} [{_round(100 * lo, 1)}, {_round(100 * hi, 1)}]"
+
+
+def acc_ci(variant: str, mode: str) -> str:
+    pp = per_problem(variant, True)
+    return f"{pct(pp[mode + '_acc'])} {ci(pp[mode])}"
+
+
+def pers_diagonal() -> list[dict]:
+    return [r for r in pers() if r["steered_layer"] == r["observed_layer"]]
+
+
+def ft_kl_ratio_ci(n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval, resampling the sampled completions, of mean KL at the first generated
+    token / mean KL at later positions (ratios of means over positions, as token_shift_summary.csv)."""
+    by = defaultdict(lambda: [[], []])
+    for r in C(f"{FT}/token_shift.csv"):
+        by[r["sample"]][r["pos"] != "0"].append(float(r["kl"]))
+    samples = [by[k] for k in sorted(by, key=int)]
+    idx = np.random.default_rng(seed).integers(0, len(samples), size=(n, len(samples)))
+    ratios = []
+    for row in idx:
+        first = [x for i in row for x in samples[i][0]]
+        later = [x for i in row for x in samples[i][1]]
+        ratios.append(np.mean(first) / np.mean(later))
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def ft_kl_ratio() -> str:
+    s = ft_summary()
+    lo, hi = ft_kl_ratio_ci()
+    return f"{f(float(s['pos 0']['kl_mean']) / float(s['pos > 0']['kl_mean']), 1)}x [{f(lo, 1)}, {f(hi, 1)}]"
+
+
+def sae_top_incorrect() -> str:
+    """Layers whose top feature (largest frequency difference) fires more often in incorrect generations."""
+    rows = [sae_top(layer) for layer in sae_layers()]
+    return f"{sum(float(r['freq_incorrect']) > float(r['freq_correct']) for r in rows)} of {len(rows)}"
+
+
+def ms_best_sampled() -> str:
+    rows = [r for r in J("multistep/results/base_rates.json")["rows"] if r["decoding"].startswith("sampled")]
+    r = max(rows, key=lambda r: r["accuracy"])
+    lo, hi = wilson(r["correct"], r["n_problems"])
+    return f"{pct(r['accuracy'])} [{pct_n(lo)}, {pct_n(hi)}] ({r['level']})"
+
+
 # --- the registries ----------------------------------------------------------------------------------------
 
 TABLES: dict[str, Callable[[], str]] = {
@@ -1281,6 +1337,23 @@ V: dict[str, Callable[[], str]] = {
     "tv.n": lambda: str(tv_n()),
     "tv.top_scale": lambda: f"{max(r['scale'] for r in JL(TV)):g}",
     "tv.top_first": lambda: tv_first(max(r["scale"] for r in JL(TV))),
+    # docs/claims.md
+    "claims.n_params": lambda: thousands(matrix(SHIPPED).size),
+    "claims.add1_base": lambda: f"{acc_ci('base', 'greedy')} greedy, {acc_ci('base', 'sampled')} sampled",
+    "claims.add1_steered": lambda: (f"{pair(acc_ci('add1-seed0', 'greedy'), acc_ci('add1-seed1', 'greedy'))} greedy, "
+                                    f"{pair(acc_ci('add1-seed0', 'sampled'), acc_ci('add1-seed1', 'sampled'))} sampled"),
+    "claims.add1_gain_greedy": lambda: pair(paired_gain("add1-seed0", "greedy"), paired_gain("add1-seed1", "greedy")),
+    "claims.add1_gain_sampled": lambda: pair(paired_gain("add1-seed0", "sampled"), paired_gain("add1-seed1", "sampled")),
+    "claims.pers_diag": lambda: sci(max(abs(1 - float(r[c])) for r in pers_diagonal() for c in ("diff_diff", "diff_vector"))),
+    "claims.pers_norm": lambda: sci(max(abs(float(r["delta_norm"]) - norms(SHIPPED)[int(r["steered_layer"])])
+                                        for r in pers_diagonal())),
+    "claims.pers_n_diag": lambda: str(len(pers_diagonal())),
+    "claims.ft_kl_ratio": ft_kl_ratio,
+    "claims.to_prefix": lambda: (lambda r: f"{pct(r['greedy_acc'])} greedy / {pct(r['sampled_acc'])} sampled")(
+        next(r for r in prefix("To")["table"] if r["variant"] == "base + prefix")),
+    "claims.tr_normalised": lambda: pair(f(tr()["base", "full-FT"][1], 1), f(tr()["full-FT", "base"][1], 1)),
+    "claims.sae_top_incorrect": sae_top_incorrect,
+    "claims.ms_best": ms_best_sampled,
 }
 VALUES = V
 
