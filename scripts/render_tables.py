@@ -557,6 +557,31 @@ def pp_range(d: dict, prefix_: str) -> str:
     return rng(min(vals), max(vals))
 
 
+def pp_lost(positions: str) -> dict[str, float]:
+    """The papers' metric, KL(steered || patched) / KL(steered || base), from the file's kl_from_steered column
+    (its ``base`` row is KL(steered || base))."""
+    rows = {r["patch"]: float(r["kl_from_steered"]) for r in C(f"{PP}/patching_{positions}.csv")}
+    return {k: v / rows["base"] for k, v in rows.items()}
+
+
+def t_pp_lost() -> str:
+    first, comp = pp_lost("first"), pp_lost("completion")
+    rows = [[label, fmt(first), fmt(comp)] for label, fmt in (
+        ("none (steered)", lambda d: f(d["no_patch"])),
+        ("unsteered model", lambda d: f(d["base"])),
+        ("Skip-Attn", lambda d: f(d["skip_attn"])),
+        ("Skip-Layer (s only along the residual)", lambda d: f(d["skip_layer"])),
+        ("Skip-Head h, each head", lambda d: pp_range(d, "skip_head")),
+        ("Steer-Head h (only head h sees s)", lambda d: pp_range(d, "steer_head")),
+        ("Q per head / K per group / V per group", lambda d: " / ".join(pp_range(d, p) for p in ("q", "k", "v"))),
+        ("attention -> MLP only / -> residual only", lambda d: pair(f(d["skip_attn->mlp"]), f(d["skip_attn->resid"]))),
+    )]
+    n_first = html_n(f"{PP}/patching_first_skip_head.html", r"first positions, n=(\d+)")
+    n_comp = html_n(f"{PP}/patching_completion_skip_head.html", r"completion positions, n=(\d+)")
+    return md_table(["patch of block 29", f"effect lost at the first token (n = {n_first})",
+                     f"effect lost, whole completion (n = {n_comp} positions)"], rows)
+
+
 def pp_acc() -> dict[str, float]:
     return J(f"{PP}/summary.json")["accuracy_greedy"]
 
@@ -1085,6 +1110,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "first_token_substitution.shift": t_ft_shift,
     "first_token_substitution.prefix": t_ft_prefix,
     "penultimate_patching.patches": t_pp,
+    "penultimate_patching.effect_lost": t_pp_lost,
     "persistence.matrix": t_pers,
     "composition.pairs": t_comp,
     "transfer.grid": t_tr,
@@ -1098,6 +1124,9 @@ TABLES: dict[str, Callable[[], str]] = {
 
 s0 = lambda path: seeds(path)[0]
 V: dict[str, Callable[[], str]] = {
+    "pp.lost_skip_layer_first": lambda: pct(pp_lost("first")["skip_layer"], 0),
+    "pp.lost_skip_layer_comp": lambda: pct(pp_lost("completion")["skip_layer"], 0),
+    "pp.lost_max_head": lambda: pct(max(_group(pp_lost("completion"), "skip_head") + _group(pp_lost("first"), "skip_head")), 1),
     # rl_arithmetic
     "rl.add1.n_train": lambda: str(task_sizes(ADD1)[0]),
     "rl.add1.n_test": lambda: str(task_sizes(ADD1)[1]),
