@@ -678,15 +678,23 @@ def bh_q(p_values) -> np.ndarray:
     return out
 
 
+def lang_q(direction: str, mode: str = "raw") -> tuple[list[dict], np.ndarray]:
+    """The rows of one direction and their Benjamini-Hochberg q-values across layers (the file's ``q_value``
+    column, recomputed from the raw p-values for files that predate it)."""
+    rows = [r for r in lang(mode) if r["direction"] == direction]
+    if rows and "q_value" in rows[0]:
+        return rows, np.array([float(r["q_value"]) for r in rows])
+    return rows, bh_q([float(r["p_value"]) for r in rows])
+
+
 def lang_sig_bh(direction: str, mode: str = "raw", alpha: float = 0.05) -> list[dict]:
     """Layers significant after Benjamini-Hochberg across the layers of one direction."""
-    rows = [r for r in lang(mode) if r["direction"] == direction]
-    q = bh_q([float(r["p_value"]) for r in rows])
+    rows, q = lang_q(direction, mode)
     return [r for r, qi in zip(rows, q) if qi < alpha]
 
 
 def lang_min_q(direction: str, mode: str = "raw") -> float:
-    return float(bh_q([float(r["p_value"]) for r in lang(mode) if r["direction"] == direction]).min())
+    return float(lang_q(direction, mode)[1].min())
 
 
 def q_str(q: float) -> str:
@@ -700,12 +708,14 @@ def lang_mean(direction: str, mode: str = "raw") -> float:
 def lang_top_sup(mode: str = "raw") -> list[dict]:
     """The suppressed lists with the smallest p-value (all layers sharing it)."""
     sig = lang_sig("suppressed", mode)
+    if not sig:
+        return []
     p = min(float(r["p_value"]) for r in sig)
     return [r for r in sig if float(r["p_value"]) == p]
 
 
 def layers_str(rows: list[dict]) -> str:
-    return join_and([r["layer"] for r in rows])
+    return join_and([r["layer"] for r in rows]) if rows else ""
 
 
 def rlens(positions: str) -> list[dict]:
@@ -1260,18 +1270,16 @@ V: dict[str, Callable[[], str]] = {
     "ll.base_rate": lambda: pct(float(lang()[0]["base_rate"])),
     "ll.sup_mean": lambda: pct(lang_mean("suppressed")),
     "ll.boost_mean": lambda: pct(lang_mean("boosted")),
-    "ll.sup_layers": lambda: layers_str(lang_sig("suppressed")),
+    "ll.sup_layers": lambda: layers_str(lang_sig("suppressed")) or "none",
+    "ll.fragments": lambda: str(sum(int(r.get("byte_fragments", 0)) for r in lang() if r["direction"] == "suppressed")),
     "ll.n_layers": lambda: str(len([r for r in lang() if r["direction"] == "suppressed"])),
     "ll.sup_layers_bh": lambda: layers_str(lang_sig_bh("suppressed")) or "none",
     "ll.boost_layers_bh": lambda: layers_str(lang_sig_bh("boosted")) or "none",
     "ll.sup_min_q": lambda: q_str(lang_min_q("suppressed")),
     "ll.boost_min_q": lambda: q_str(lang_min_q("boosted")),
-    "ll.sup_late": lambda: layers_str([r for r in lang_sig("suppressed") if int(r["layer"]) >= 20]),
-    "ll.sup_top": lambda: (lambda rows: f"{pct(float(rows[0]['non_english_share']), 0)} non-English at layers "
-                                        f"{layers_str(rows)}, p = {f(float(rows[0]['p_value']), 3)}")(lang_top_sup()),
-    "ll.boost_layers": lambda: (lambda rows: f"{layers_str(rows)} *boost* non-English tokens "
-                                             f"({' and '.join(pct(float(r['non_english_share']), 0) for r in rows)})")(
-        lang_sig("boosted")),
+    "ll.sup_top": lambda: (lambda rows: f"{pct(float(rows[0]['non_english_share']), 0)} non-English at layer"
+                                        f"{'s' if len(rows) > 1 else ''} {layers_str(rows)}, p = "
+                                        f"{f(float(rows[0]['p_value']), 3)}" if rows else "no layer")(lang_top_sup()),
     "ll.kl_first_below": lambda: str(rlens_first_kl_below()),
     "ll.kl_early_bumps": lambda: ", ".join(f"{r['layer']}: {f(float(r['kl']), 3)}" for r in rlens_above(0.03)),
     "ll.diverge": lambda: str(rlens_first_diverge()),

@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--vectors", default=str(VECTORS))
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--skip-residual-lens", action="store_true",
+                    help="only the vector read-outs and the language test (no generation)")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
 
@@ -46,12 +48,15 @@ def main():
         df = lang.to_frame()
         sup = df[df.direction == "suppressed"]
         print(f"[{mode}] vocabulary non-English rate {lang.base_rate:.1%}; suppressed top-{args.k} non-English share "
-              f"median {sup.non_english_share.median():.1%}, layers with p<0.01: {list(sup[sup.p_value < 0.01].layer)}")
+              f"median {sup.non_english_share.median():.1%}, layers significant after Benjamini-Hochberg: "
+              f"{list(sup[sup.significant].layer)}")
         last = lens.to_frame(k=8)
         last = last[last.layer == model.cfg.n_layers - 1]
         print(f"[{mode}] last layer boosted: {list(last[last.direction == 'boosted'].token)}")
         print(f"[{mode}] last layer suppressed: {list(last[last.direction == 'suppressed'].token)}")
 
+    if args.skip_residual_lens:
+        return
     # residual-stream lens on the steered model's own completions of held-out problems
     task = arithmetic_task("add1")
     problems = list(task.test)[: args.problems]
