@@ -793,8 +793,10 @@ def pers_tokens() -> int:
 
 
 def pers_lang_sig() -> str:
-    sig = [r for r in C(f"{PE}/add1-all-layers-final-shift-language.csv")
-           if r["direction"] == "suppressed" and float(r["p_value"]) < 0.05]
+    rows = C(f"{PE}/add1-all-layers-final-shift-language.csv")
+    significant = (lambda r: r["significant"] == "True") if rows and "significant" in rows[0] else \
+        (lambda r: float(r["p_value"]) < 0.05)
+    sig = [r for r in rows if r["direction"] == "suppressed" and significant(r)]
     return "No layer's v_l suppresses" if not sig else f"The v_l of layers {layers_str(sig)} suppress"
 
 
