@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from steerinterp.errors import SteerInterpError
+from steerinterp.generation.engines import logit_soft_cap
 from steerinterp.models.loading import checkpoint_config
 from steerinterp.types import is_bridge
 
@@ -74,9 +75,7 @@ def architecture(model) -> Architecture:
     names = list(getattr(hf, "architectures", None) or [])
     name = names[0] if names else (getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
                                    or getattr(cfg, "model_name", None) or type(model).__name__)
-    cap = getattr(cfg, "output_logits_soft_cap", None)
-    hf_cap = getattr(hf, "final_logit_softcapping", None) if hf is not None else None
-    cap = hf_cap if hf_cap else cap  # the checkpoint's own setting is what the real model does
+    cap = logit_soft_cap(model)
     blocks = getattr(model, "blocks", None)
     post = bool(getattr(cfg, "use_normalization_before_and_after", False))
     post = post or getattr(cfg, "original_architecture", None) in _post_norm_architectures()
@@ -98,7 +97,7 @@ def architecture(model) -> Architecture:
         final_norm=_NORMS.get(getattr(cfg, "normalization_type", None)),
         norm_offset=1.0 if getattr(cfg, "rmsnorm_uses_offset", False) else 0.0,
         eps=float(getattr(cfg, "eps", 1e-5)),
-        logit_soft_cap=float(cap) if cap and cap > 0 else None,
+        logit_soft_cap=cap,
         post_norms=post,
         qk_norm_spans_heads=spans,
     )
@@ -163,9 +162,9 @@ def final_norm(model, analysis: str) -> FinalNorm:
 
 def soft_cap(arch: Architecture, logits: torch.Tensor) -> torch.Tensor:
     """``cap * tanh(logits / cap)`` for a soft-capped architecture, else the logits."""
-    if arch.logit_soft_cap is None:
-        return logits
-    return arch.logit_soft_cap * torch.tanh(logits / arch.logit_soft_cap)
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    return apply_softcap(logits, arch.logit_soft_cap)
 
 
 def final_logits(model, resid: torch.Tensor, arch: Architecture | None = None) -> torch.Tensor:

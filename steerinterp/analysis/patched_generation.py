@@ -18,8 +18,9 @@ from steerinterp.analysis.architecture import architecture, final_logits
 from steerinterp.analysis.block_patching import SOURCE_KEYS, Patch, PatchHooks, block_hook, check_layer, patch_figure
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
+from steerinterp.generation.engines import MultiCacheEngine
 from steerinterp.steering.hooks import hooks_applied
-from steerinterp.types import is_bridge, model_device
+from steerinterp.types import is_bridge
 
 
 def _check_backend(model) -> None:
@@ -29,10 +30,11 @@ def _check_backend(model) -> None:
             "load the model with backend='hooked'")
 
 
-class PatchedEngine:
+class PatchedEngine(MultiCacheEngine):
     """A rollout engine (the ``steerinterp.generation.Engine`` protocol) that applies one ``Patch`` at block ``layer``."""
 
     name = "patched"
+    cache_names = ("base", "steered", "patched")
 
     def __init__(self, model, layer: int, patch: Patch):
         if patch.base_run:
@@ -42,34 +44,6 @@ class PatchedEngine:
         self.model, self.layer, self.patch = model, layer, patch
         self.hooks = PatchHooks(layer, [patch], model)
         self._need_steered = patch.path != "both" and patch.touches_attention
-        self._vecs = None
-        self._ctx = None
-
-    @contextlib.contextmanager
-    def steering(self, vecs, ctx):
-        self._vecs, self._ctx = vecs, ctx
-        try:
-            yield
-        finally:
-            self._vecs, self._ctx = None, None
-
-    def _steer(self):
-        if self._vecs is None or not len(self._vecs):
-            return contextlib.nullcontext()
-        return self._vecs.applied(self.model, context=self._ctx)
-
-    def start(self, batch: int):
-        from transformer_lens import TransformerLensKeyValueCache
-
-        device = model_device(self.model)
-        self.caches = {k: TransformerLensKeyValueCache.init_cache(self.model.cfg, device, batch)
-                       for k in ("base", "steered", "patched")}
-
-    def expand(self, index: torch.Tensor) -> None:
-        from steerinterp.generation.engines import expand_tl_cache
-
-        for cache in self.caches.values():
-            expand_tl_cache(cache, index)
 
     def _sources(self, ids, new_mask, which: str, steered: bool) -> dict[str, torch.Tensor]:
         got: dict[str, torch.Tensor] = {}
@@ -82,7 +56,7 @@ class PatchedEngine:
             return fn
 
         pairs = [(block_hook(self.layer, k, self.model), grab(k)) for k in SOURCE_KEYS]
-        with (self._steer() if steered else contextlib.nullcontext()), hooks_applied(self.model, pairs):
+        with (self.steered() if steered else contextlib.nullcontext()), hooks_applied(self.model, pairs):
             self.model(ids, attention_mask=new_mask, past_kv_cache=self.caches[which], stop_at_layer=self.layer + 1)
         return got
 
@@ -91,7 +65,7 @@ class PatchedEngine:
         base = self._sources(ids, new_mask, "base", steered=False)
         steered = self._sources(ids, new_mask, "steered", steered=True) if self._need_steered else base
         self.hooks.set_sources(base, steered)
-        with self._steer(), hooks_applied(m, self.hooks.hooks()):
+        with self.steered(), hooks_applied(m, self.hooks.hooks()):
             resid = m(ids, attention_mask=new_mask, past_kv_cache=self.caches["patched"], stop_at_layer=m.cfg.n_layers)
         return final_logits(m, resid[:, -1:, :], self.arch)[:, 0, :]
 

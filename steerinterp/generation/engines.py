@@ -65,20 +65,57 @@ def final_logits(model, resid: Float[torch.Tensor, "batch pos d_model"]) -> Floa
 
 
 def logit_soft_cap(model) -> float | None:
-    """The final logit soft-cap of ``model`` (TransformerLens's config, else the checkpoint's), or None."""
+    """The final logit soft-cap of ``model``, or None: the checkpoint's own setting (what the real model does),
+    else TransformerLens's config. Engines and analyses all read it here."""
     from transformer_lens.utilities.activation_functions import softcap_enabled
 
     from steerinterp.models.loading import checkpoint_config
 
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    cap = getattr(checkpoint_config(model), "final_logit_softcapping", None)
     if not softcap_enabled(cap):
-        cap = getattr(checkpoint_config(model), "final_logit_softcapping", None)
+        cap = getattr(model.cfg, "output_logits_soft_cap", None)
     return float(cap) if softcap_enabled(cap) else None
 
 
 def position_ids(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
     """Rotary positions that ignore left padding (pads get 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class MultiCacheEngine:
+    """Plumbing shared by analysis engines that decode a HookedTransformer with one TransformerLens KV cache
+    per run (``cache_names``: e.g. base / steered / patched) and apply the steering themselves: ``steering``
+    only records the vectors, ``steered(vecs)`` applies them around a forward."""
+
+    cache_names: tuple[str, ...] = ()
+    model = None
+    _vecs = None
+    _ctx = None
+
+    @contextlib.contextmanager
+    def steering(self, vecs, ctx: TokenContext):
+        self._vecs, self._ctx = vecs, ctx
+        try:
+            yield
+        finally:
+            self._vecs, self._ctx = None, None
+
+    def steered(self, vecs=...):
+        """Apply ``vecs`` (``None``: nothing; default: the vectors ``steering`` recorded) around a forward."""
+        vecs = self._vecs if vecs is ... else vecs
+        if vecs is None or not len(vecs):
+            return contextlib.nullcontext()
+        return vecs.applied(self.model, context=self._ctx)
+
+    def start(self, batch: int):
+        from transformer_lens import TransformerLensKeyValueCache
+
+        device = model_device(self.model)
+        self.caches = {k: TransformerLensKeyValueCache.init_cache(self.model.cfg, device, batch) for k in self.cache_names}
+
+    def expand(self, index: torch.Tensor) -> None:
+        for cache in self.caches.values():
+            expand_tl_cache(cache, index)
 
 
 class HookedEngine:

@@ -20,7 +20,6 @@ reconstructs the difference exactly, with every feature ablated, gives the refer
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,11 +30,12 @@ from steerinterp.analysis.batch import as_batch, entering, rows_per_forward, run
 from steerinterp.analysis.readout import final_logprobs
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
+from steerinterp.generation.engines import MultiCacheEngine
 from steerinterp.sae.model import DiffSAE, as_sae_lens, sae_hook_name
 from steerinterp.steering.hooks import hooks_applied
 from steerinterp.steering.protocol import as_steering
 from steerinterp.steering.vectors import layer_of
-from steerinterp.types import HookedModel, is_bridge, model_device
+from steerinterp.types import HookedModel, is_bridge
 
 ABLATE_AT = ("all", "completion")
 
@@ -198,12 +198,13 @@ def ablate_features(model: HookedModel, inputs, sae, features: Sequence[int], *,
                                  lp_b / n, positions, ablate_at, n)
 
 
-class FeatureAblationEngine:
+class FeatureAblationEngine(MultiCacheEngine):
     """A rollout engine (``steerinterp.generation.Engine``) that decodes the steered model with SAE features
     ablated at the SAE's hook. For a DiffSAE the reference run (``base_steering``, default unsteered) runs
     up to the hook's block on the same tokens with its own KV cache, for the difference the SAE reads."""
 
     name = "feature_ablation"
+    cache_names = ("base", "steered")
 
     def __init__(self, model, sae, features: Sequence[int], *, difference: bool | None = None,
                  hook_name: str | None = None, base_steering=None, ablate_at: str = "all"):
@@ -221,34 +222,10 @@ class FeatureAblationEngine:
         self.difference = isinstance(sae, DiffSAE) if difference is None else difference
         self.base_steering, self.ablate_at = as_steering(base_steering), ablate_at
         self.arch = architecture(model)
-        self._vecs = self._ctx = None
-
-    @contextlib.contextmanager
-    def steering(self, vecs, ctx):
-        self._vecs, self._ctx = vecs, ctx
-        try:
-            yield
-        finally:
-            self._vecs, self._ctx = None, None
-
-    def _applied(self, vecs):
-        if vecs is None or not len(vecs):
-            return contextlib.nullcontext()
-        return vecs.applied(self.model, context=self._ctx)
 
     def start(self, batch: int):
-        from transformer_lens import TransformerLensKeyValueCache
-
-        device = model_device(self.model)
-        self.caches = {k: TransformerLensKeyValueCache.init_cache(self.model.cfg, device, batch)
-                       for k in ("base", "steered")}
+        super().start(batch)
         self._prefill = True
-
-    def expand(self, index: torch.Tensor) -> None:
-        from steerinterp.generation.engines import expand_tl_cache
-
-        for cache in self.caches.values():
-            expand_tl_cache(cache, index)
 
     def forward(self, ids, new_mask, full_mask):
         m = self.model
@@ -259,7 +236,7 @@ class FeatureAblationEngine:
             def grab(act, hook):
                 got["ref"] = act
 
-            with self._applied(self.base_steering), hooks_applied(m, [(self.hook, grab)]):
+            with self.steered(self.base_steering), hooks_applied(m, [(self.hook, grab)]):
                 m(ids, attention_mask=new_mask, past_kv_cache=self.caches["base"], stop_at_layer=self.layer + 1)
             ref = got["ref"]
         mask = None
@@ -267,7 +244,7 @@ class FeatureAblationEngine:
             mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
             mask[:, -1] = True
         self._prefill = False
-        with self._applied(self._vecs), hooks_applied(m, [(self.hook, ablation_hook(self.sae, self.features, ref, mask))]):
+        with self.steered(), hooks_applied(m, [(self.hook, ablation_hook(self.sae, self.features, ref, mask))]):
             resid = m(ids, attention_mask=new_mask, past_kv_cache=self.caches["steered"], stop_at_layer=m.cfg.n_layers)
         return final_logits(m, resid[:, -1:, :], self.arch)[:, 0, :]
 
