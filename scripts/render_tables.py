@@ -1046,6 +1046,33 @@ def t_multistep_base() -> str:
                      f"at the {res['max_new_tokens']}-token cap"], rows)
 
 
+def precision_runs() -> list[dict]:
+    """``benchmarks/results/precision-*.json`` (``benchmarks/precision.py --json``), oldest first."""
+    files = sorted((ROOT / "benchmarks" / "results").glob("precision-*.json"))
+    return [json.loads(p.read_text()) for p in files]
+
+
+def t_precision_peaks() -> str:
+    rows = []
+    for r in precision_runs():
+        for dtype, rates in r["peak_gflops"].items():
+            rows.append([f"{r['cpu']} ({r['date']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''})", dtype,
+                         *[f(v, 1) for v in rates.values()],
+                         f"{r['auto'][0]}" if dtype == r["auto"][0] else ""])
+    shapes = list(precision_runs()[0]["peak_gflops"]["float32"])
+    return md_table(["machine", "dtype", *[f"{s} GFLOP/s" for s in shapes], "dtype='auto' picks"], rows)
+
+
+def t_precision_phases() -> str:
+    rows = []
+    for r in precision_runs():
+        for dtype, phases in r["phases"].items():
+            for phase, v in phases.items():
+                rows.append([r["cpu"], dtype, phase, f(v["seconds"], 2), f(v["gflop"], 1), f(v["gflops"], 1),
+                             pct(v["fraction_of_peak"])])
+    return md_table(["machine", "dtype", "phase", "seconds", "GFLOP", "GFLOP/s", "share of the dtype's peak"], rows)
+
+
 def t_architectures() -> str:
     rows = []
     for path in sorted((EX / "architectures" / "results").glob("*/summary.json")):
@@ -1131,6 +1158,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "diffsae.feature_steering": t_sae_steer,
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
+    "bench.precision_peaks": t_precision_peaks,
+    "bench.precision_phases": t_precision_phases,
     "architectures.summary": t_architectures,
 }
 
@@ -1376,6 +1405,14 @@ V: dict[str, Callable[[], str]] = {
     "tv.n": lambda: str(tv_n()),
     "tv.top_scale": lambda: f"{max(r['scale'] for r in JL(TV)):g}",
     "tv.top_first": lambda: tv_first(max(r["scale"] for r in JL(TV))),
+    # docs/benchmarks.md, precision (the newest benchmarks/results/precision-*.json)
+    "bench.prec.proto_s": lambda: f(precision_runs()[-1]["prototype_step_seconds"], 1),
+    "bench.prec.step_s": lambda: f(precision_runs()[-1]["rl_step_seconds"]["float32"], 1),
+    "bench.prec.step_ratio": lambda: f(precision_runs()[-1]["prototype_step_seconds"]
+                                       / precision_runs()[-1]["rl_step_seconds"]["float32"], 2),
+    "bench.prec.gap": lambda: sci(precision_runs()[-1]["logprob_gap"]["float32"]["mean_abs"]),
+    "bench.prec.bf16_ratio": lambda: f(max(precision_runs()[-1]["peak_gflops"]["bfloat16"].values())
+                                       / max(precision_runs()[-1]["peak_gflops"]["float32"].values()), 3),
     # docs/claims.md
     "claims.n_params": lambda: thousands(matrix(SHIPPED).size),
     "claims.add1_base": lambda: f"{acc_ci('base', 'greedy')} greedy, {acc_ci('base', 'sampled')} sampled",

@@ -60,6 +60,7 @@ class RunRecord:
     config: dict = field(default_factory=dict)
     task_digest: str | None = None  # steerinterp.tasks.spec.task_digest: the problems and how they are scored
     model_fingerprint: str | None = None  # steerinterp.types.model_fingerprint: the weights
+    dtype_reason: str | None = None  # why the model runs in model.dtype (models.dtype_choice), e.g. "the CPU has amx_bf16"
     library_version: str = field(default_factory=_version)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -74,6 +75,7 @@ class RunRecord:
         return cls(kind=d.get("kind", "train"), model=model, task=d.get("task"), task_name=d.get("task_name", ""),
                    verifier=d.get("verifier"), seed=int(d.get("seed", 0)), config=dict(d.get("config") or {}),
                    task_digest=d.get("task_digest"), model_fingerprint=d.get("model_fingerprint"),
+                   dtype_reason=d.get("dtype_reason"),
                    library_version=d.get("library_version", "?"), created=d.get("created", ""))
 
 

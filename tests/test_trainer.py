@@ -143,6 +143,25 @@ def test_adaptive_parametrisation_starts_at_zero_effect_and_trains(tiny, tmp_pat
     assert torch.equal(loaded.b[3], result.steering.b[3].detach())
 
 
+def test_adaptive_fixed_read_control_trains_b_only_and_resumes(tiny, tmp_path):
+    from steerinterp.steering.adaptive import AdaptiveSteering
+
+    task = FirstTokenTask(_good_set(tiny))
+    cfg = _cfg(parametrisation="adaptive_fixed_read", layers=[1, 3], lr=0.05, steps=2)
+    trainer = Trainer(tiny, task, cfg, tmp_path / "ctl", progress=False)
+    assert set(trainer.params) == {"b.1", "b.3"}
+    result = trainer.train()
+    init = AdaptiveSteering.init(tiny, [1, 3], seed=cfg.seed)
+    assert all(torch.equal(result.steering.a[k], init.a[k].detach()) for k in (1, 3))  # a never moved
+    assert all(result.steering.b[k].abs().sum() > 0 for k in (1, 3))
+    resumed = Trainer(tiny, task, _cfg(parametrisation="adaptive_fixed_read", layers=[1, 3], lr=0.05, steps=3),
+                      tmp_path / "ctl", progress=False).train(resume=True)
+    assert len(resumed.metrics) == 3 and torch.equal(resumed.steering.a[3], init.a[3].detach())
+    trainable = AdaptiveSteering.init(tiny, [1])
+    with pytest.raises(SteerInterpError, match="keeps a fixed"):
+        Trainer(tiny, task, _cfg(parametrisation="adaptive_fixed_read", layers=[1]), steering=trainable)
+
+
 def test_full_fine_tuning_baseline_updates_named_weights(tmp_path):
     model = si.load_model("tiny", device="cpu")
     task = FirstTokenTask(_good_set(model))

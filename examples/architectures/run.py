@@ -23,6 +23,7 @@ import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp.app.examples import example_parser, start_example
 from steerinterp.models import ZOO, zoo_checkpoint
+from steerinterp.types import model_spec
 
 HERE = Path(__file__).parent
 PROMPTS = ["Question: What is 7 + 5?\nAnswer:", "The capital of France is"]
@@ -31,7 +32,6 @@ PROMPTS = ["Question: What is 7 + 5?\nAnswer:", "The capital of France is"]
 def main():
     ap = example_parser(__doc__, HERE)
     ap.add_argument("--zoo", choices=list(ZOO), default=None, help="a tiny random checkpoint of this architecture")
-    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--scale", type=float, default=0.1, help="vector norm as a share of the residual norm")
     ex = start_example(ap, load_model=False)
     args, out = ex.args, ex.out
@@ -43,7 +43,7 @@ def main():
         name, source = "gemma-3-270m", "gemma-3-270m"
     else:
         name, source = "zoo-qwen2", zoo_checkpoint("qwen2")
-    model = si.load_model(source, dtype=getattr(torch, args.dtype))
+    model = si.load_model(source, dtype=args.dtype)
     out = out / name
     out.mkdir(parents=True, exist_ok=True)
 
@@ -63,7 +63,7 @@ def main():
     patching.to_frame().to_csv(out / "block_patching.csv", index=False)
 
     summary = {
-        "model": name, "architecture": model.cfg.original_architecture, "layer": layer, "dtype": args.dtype,
+        "model": name, "architecture": model.cfg.original_architecture, "layer": layer, "dtype": model_spec(model).dtype,
         "vector_norm": float(vecs[layer].vector.norm()), "engine": fast.engine,
         "fast_equals_hooked": bool(torch.equal(fast.tokens, hooked.tokens)),
         "base": base.texts, "steered": fast.texts,

@@ -18,13 +18,15 @@ import typing
 from pathlib import Path
 
 from steerinterp.errors import SteerInterpError
+from steerinterp.models.precision import AUTO
 from steerinterp.run_dir import RunDir, RunRecord
 from steerinterp.types import ModelSpec
 
 # ModelSpec field -> (flag, help); "tiny" is only reachable through the library (TinyConfig)
 MODEL_FLAGS = {
     "name": ("--model", "embedded (default), tiny, a local Hugging Face checkpoint directory or a TransformerLens name"),
-    "dtype": ("--dtype", "weights' dtype: float32 (default), bfloat16, float16 or float64"),
+    "dtype": ("--dtype", "weights' dtype: auto (default: bfloat16 on a GPU or a CPU with AMX-BF16/AVX512-BF16, "
+                        "else float32; env STEERINTERP_DTYPE overrides auto), float32, bfloat16, float16 or float64"),
     "processed": ("--processed", "fold norms / centre weights as TransformerLens's from_pretrained (default: off)"),
     "n_ctx": ("--n-ctx", "context length to allocate (default 2048, capped by the checkpoint)"),
     "backend": ("--backend", "hooked (HookedTransformer, default) or bridge (TransformerBridge)"),
@@ -76,9 +78,9 @@ def add_model_flags(p: argparse.ArgumentParser, *, device: bool = True) -> None:
 def model_spec_from_args(args, recorded: ModelSpec | None = None) -> ModelSpec:
     """The recorded spec (or the default one) with every model flag given on the command line applied."""
     given = {f: getattr(args, f"model_{f}") for f in MODEL_FLAGS if getattr(args, f"model_{f}", None) is not None}
-    base = recorded or ModelSpec()
+    base = recorded or ModelSpec(dtype=AUTO)
     if "name" in given and given["name"] != base.name:
-        base = ModelSpec()  # another model: nothing recorded about the old one applies
+        base = ModelSpec(dtype=AUTO)  # another model: nothing recorded about the old one applies
     return dataclasses.replace(base, **given)
 
 
@@ -166,7 +168,8 @@ def cmd_demo(args) -> int:
     _threads(args.threads)
     t0 = time.time()
     run = RunDir(args.out)
-    model = si.load_model()
+    recorded = run.record().model if args.resume and run.holds_run() else None
+    model = si.load_model(dtype=args.dtype or (recorded.dtype if recorded is not None else AUTO))
     result = run_demo(quick=args.quick, steps=args.steps, model=model, progress=True, run=run, resume=args.resume,
                       overwrite=args.overwrite, analyses=() if args.no_analysis else None)
     paths = write_demo(result, run, model=model)
@@ -312,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     d.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     d.add_argument("--threads", **threads)
+    d.add_argument("--dtype", default=None, help=MODEL_FLAGS["dtype"][1] + "; a resumed demo keeps its recorded dtype")
     d.add_argument("--no-analysis", action="store_true", help="train and evaluate only (the report then has no analyses)")
     d.set_defaults(func=cmd_demo)
 

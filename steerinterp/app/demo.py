@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steerinterp.models.loading import dtype_choice
 from steerinterp.run_dir import RunDir, RunRecord
 from steerinterp.types import model_spec
 
@@ -31,13 +32,14 @@ class DemoResult:
     training: object  # TrainResult
     examples: list[dict] = field(default_factory=list)
     analysis: object = None  # RunAnalysis
+    precision: str = ""  # the model's dtype and why (models.dtype_choice)
 
     def summary(self) -> str:
         df = self.evaluation.to_frame()
         tr = self.training.to_frame()
         lines = [
             f"steerinterp demo: {self.model_name}, {self.task}, {self.steps} RLOO steps on steering vectors "
-            f"(all weights frozen)",
+            f"(all weights frozen); {self.precision}",
             "",
             df.to_string(index=False, float_format=lambda x: f"{x:.3f}"),
             "",
@@ -89,7 +91,9 @@ def run_demo(*, quick: bool = False, steps: int | None = None, model=None, progr
         from steerinterp.app.pipeline import analyze_vectors
 
         analysis = analyze_vectors(model, vecs, task, quick=quick, only=analyses, progress=progress)
-    return DemoResult(getattr(model.cfg, "model_name", "model"), task.name, steps, ev, result, examples, analysis)
+    choice = dtype_choice(model)
+    return DemoResult(getattr(model.cfg, "model_name", "model"), task.name, steps, ev, result, examples, analysis,
+                      precision=f"{choice.name} ({choice.reason})")
 
 
 def write_demo(result: DemoResult, run: RunDir, model=None) -> list[Path]:
@@ -102,7 +106,8 @@ def write_demo(result: DemoResult, run: RunDir, model=None) -> list[Path]:
         paths.append(result.training.steering.save(run.final_dir, model=model, info={"task": result.task}))
         run.write_metrics(result.training.metrics)
         record = RunRecord(kind="demo", model=model_spec(model) if model is not None else None, task=DEMO_TASK,
-                           task_name=result.task, config={"steps": result.steps})
+                           task_name=result.task, config={"steps": result.steps},
+                           dtype_reason=dtype_choice(model).reason if model is not None else None)
     else:
         paths.append(run.vectors_path())
         record = run.record()

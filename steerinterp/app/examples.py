@@ -1,6 +1,6 @@
 """The prelude every example script shares: its flags, threads, output folder and model.
 
-    ap = example_parser(__doc__, HERE)               # --out (HERE/results), --threads (2), --model (embedded)
+    ap = example_parser(__doc__, HERE)               # --out (HERE/results), --threads (2), --model, --dtype
     ap.add_argument("--vectors", default=str(VECTORS))
     ex = start_example(ap)                           # parses, sets threads, makes --out, loads the model
     vecs = ex.load_vectors(ex.args.vectors)
@@ -20,6 +20,8 @@ def example_parser(doc: str | None, here: Path, *, out: str = "results", threads
     ap.add_argument("--out", default=str(Path(here) / out), help="where results are written")
     ap.add_argument("--threads", type=int, default=threads, help="torch threads")
     ap.add_argument("--model", default=None, help="embedded (default), tiny, a checkpoint directory or a TL name")
+    ap.add_argument("--dtype", default="auto", help="the model's dtype: auto (bfloat16 on a GPU or an AMX / "
+                    "AVX512-BF16 CPU, else float32), float32 or bfloat16; the committed results are float32 runs")
     return ap
 
 
@@ -48,4 +50,4 @@ def start_example(parser: argparse.ArgumentParser, argv=None, *, load_model: boo
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return Example(args, out, load(args.model) if load_model else None)
+    return Example(args, out, load(args.model, dtype=args.dtype) if load_model else None)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
 from steerinterp.generation.engines import choose_engine, expand_tl_cache, final_logits, unique_rows
-from steerinterp.generation.sampling import check_sampling_args, make_generators, next_tokens
+from steerinterp.generation.sampling import check_sampling_args, make_generators, sample_next
 from steerinterp.models.loading import prompt_bos
 from steerinterp.steering.hooks import check_attached
 from steerinterp.steering.positions import TokenContext
@@ -39,6 +39,9 @@ class GenerationOutput:
     prompt_length: int
     finished: Bool[torch.Tensor, "batch"]
     engine: str
+    #: the sampler's float32 log-probability of each generated token (0 elsewhere), under
+    #: softmax(logits / temperature) (temperature 1 when greedy), before any nucleus cut
+    logprobs: Float[torch.Tensor, "batch seq"] | None = None
 
     @property
     def completion_lengths(self) -> Int[torch.Tensor, "batch"]:
@@ -170,6 +173,7 @@ def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
     new_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
+    new_logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
     full_mask = pmask
     engine.start(len(first))
     with engine.steering(vecs, ctx):
@@ -178,11 +182,12 @@ def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p
             engine.expand(group)
         logits = logits[group]
         for t in tqdm(range(max_new_tokens), disable=not progress, desc="generate", leave=False):
-            nxt = next_tokens(logits, temperature, top_p, generators)
+            nxt, logprob = sample_next(logits, temperature, top_p, generators)
             alive = ~finished
             nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
             new_tokens[:, t] = nxt
             new_mask[:, t] = alive.long()
+            new_logprobs[:, t] = torch.where(alive, logprob, torch.zeros_like(logprob))
             if stop_at_eos and eos is not None:
                 finished = finished | (alive & (nxt == eos))
             if t == max_new_tokens - 1 or bool(finished.all()):
@@ -195,15 +200,15 @@ def _generate_batch(model, engine, ids, vecs, max_new_tokens, temperature, top_p
             lengths = lengths + alive.long()
             logits = engine.forward(nxt[:, None], step_mask, full_mask)
     used = int(new_mask.sum(0).nonzero().max().item()) + 1 if new_mask.any() else 1
-    return prompt, pmask, new_tokens[:, :used], new_mask[:, :used], finished
+    return prompt, pmask, new_tokens[:, :used], new_mask[:, :used], finished, new_logprobs[:, :used]
 
 
 def _concat(chunks, texts, model, engine_name) -> GenerationOutput:
     pad = pad_token_id(model.tokenizer)
     plen = max(c[0].shape[1] for c in chunks)
     nlen = max(c[2].shape[1] for c in chunks)
-    rows_t, rows_m, rows_p, rows_c, fin = [], [], [], [], []
-    for prompt, pmask, new, nmask, finished in chunks:
+    rows_t, rows_m, rows_p, rows_c, rows_l, fin = [], [], [], [], [], []
+    for prompt, pmask, new, nmask, finished, logprobs in chunks:
         b, device = prompt.shape[0], prompt.device
         lp = plen - prompt.shape[1]
         rn = nlen - new.shape[1]
@@ -214,6 +219,7 @@ def _concat(chunks, texts, model, engine_name) -> GenerationOutput:
         rows_p.append(torch.cat([zl, pmask, torch.zeros_like(nmask), zr], 1).bool())
         rows_c.append(torch.cat([zl, torch.zeros_like(pmask), nmask, zr], 1).bool())
         rows_m.append(torch.cat([zl, pmask, nmask, zr], 1))
+        rows_l.append(torch.cat([zl.float(), torch.zeros_like(pmask, dtype=torch.float32), logprobs, zr.float()], 1))
         fin.append(finished)
     tokens = torch.cat(rows_t)
     completion_mask = torch.cat(rows_c)
@@ -234,6 +240,7 @@ def _concat(chunks, texts, model, engine_name) -> GenerationOutput:
         prompt_length=plen,
         finished=torch.cat(fin),
         engine=engine_name,
+        logprobs=torch.cat(rows_l),
     )
 
 

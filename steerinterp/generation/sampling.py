@@ -39,20 +39,36 @@ def next_tokens(
     top_p: float = 1.0,
     generators: list[torch.Generator] | None = None,
 ) -> Int[torch.Tensor, "batch"]:
-    """Greedy (``temperature == 0``) or temperature / nucleus sampling from last-position logits.
+    """Greedy (``temperature == 0``) or temperature / nucleus sampling from last-position logits."""
+    return sample_next(logits, temperature, top_p, generators)[0]
+
+
+def sample_next(
+    logits: Float[torch.Tensor, "batch vocab"],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generators: list[torch.Generator] | None = None,
+) -> tuple[Int[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    """``(tokens, log-probabilities)``: the next tokens, greedy (``temperature == 0``) or sampled at
+    ``temperature`` with nucleus ``top_p``, and each chosen token's float32 log-probability under
+    ``softmax(logits / temperature)`` (temperature 1 when greedy) before the nucleus cut: the quantity the
+    trainer's teacher-forced pass recomputes, so the two can be compared (``GenerationOutput.logprobs``).
 
     Sampling uses the exponential race (argmax of p_i / E_i with E_i ~ Exp(1)), an exact sampler whose
     noise can come from one generator per row.
     """
     if temperature == 0:
-        return logits.argmax(-1)
+        chosen = logits.argmax(-1)
+        full = logits.float()
+        return chosen, full.gather(-1, chosen[:, None])[:, 0] - torch.logsumexp(full, -1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    kept = probs
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    noise = torch.empty_like(probs)
+        kept = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    noise = torch.empty_like(kept)
     if generators is None:
         noise.exponential_()
     elif len(generators) == 1:
@@ -60,4 +76,5 @@ def next_tokens(
     else:
         for row, g in zip(noise, generators):
             row.exponential_(generator=g)
-    return (probs / noise).argmax(-1)
+    chosen = (kept / noise).argmax(-1)
+    return chosen, probs.gather(-1, chosen[:, None])[:, 0].log()

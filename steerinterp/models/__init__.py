@@ -2,6 +2,7 @@
 
 This room imports nothing from generation, rl, analysis, sae or app.
 
+    precision.py  dtype="auto": bfloat16 on a GPU or an AMX-BF16 / AVX512-BF16 CPU, float32 elsewhere
     loading.py  load_model (embedded / tiny / local HF directory / TransformerLens name; hooked or bridge),
                 load_finetuned, load_model_from_spec, relayout_for_speed
     convert.py  a checkpoint's config.json -> TransformerLens config and state dict, for every supported family
@@ -18,18 +19,20 @@ from steerinterp.models.loading import (
     TINY,
     checkpoint_config,
     default_device,
+    dtype_choice,
     hub_snapshot,
     load_finetuned,
     load_model,
     load_model_from_spec,
     relayout_for_speed,
 )
+from steerinterp.models.precision import DtypeChoice, automatic_dtype, cpu_bf16_flags, resolve_dtype
 from steerinterp.models.tiny import TinyConfig, tiny_checkpoint, tiny_hf_model, tiny_tokenizer
 from steerinterp.models.zoo import ZOO, zoo_checkpoint, zoo_hf_model
 
 __all__ = [
-    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "TinyConfig", "ZOO", "chat_prompts", "checkpoint_config",
-    "default_device", "hub_snapshot", "load_finetuned",
-    "load_model", "load_model_from_spec", "relayout_for_speed", "tiny_checkpoint", "tiny_hf_model", "tiny_tokenizer",
-    "zoo_checkpoint", "zoo_hf_model",
+    "EMBEDDED", "PAPER_SYSTEM_PROMPT", "TINY", "ZOO", "DtypeChoice", "TinyConfig", "automatic_dtype", "chat_prompts",
+    "checkpoint_config", "cpu_bf16_flags", "default_device", "dtype_choice", "hub_snapshot", "load_finetuned",
+    "load_model", "load_model_from_spec", "relayout_for_speed", "resolve_dtype", "tiny_checkpoint", "tiny_hf_model",
+    "tiny_tokenizer", "zoo_checkpoint", "zoo_hf_model",
 ]

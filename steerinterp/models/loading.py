@@ -33,6 +33,7 @@ import torch
 
 from steerinterp.errors import ModelLoadError
 from steerinterp.models.convert import context_length, fill_missing, hooked_config, hooked_state_dict
+from steerinterp.models.precision import DtypeChoice, resolve_dtype
 from steerinterp.models.tiny import TinyConfig, tiny_checkpoint
 from steerinterp.types import ModelSpec, model_spec, record_model_spec
 
@@ -77,6 +78,19 @@ def _bos_added_by(tokenizer) -> int | None:
     return bos if tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] else None
 
 
+#: model -> the DtypeChoice it was loaded with (weak: dies with the model)
+_DTYPE_CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def dtype_choice(model) -> DtypeChoice:
+    """The dtype ``model`` runs in and why (``"asked for"``, or what ``dtype="auto"`` found on this machine)."""
+    choice = _DTYPE_CHOICES.get(model)
+    if choice is None:
+        dtype = getattr(model.cfg, "dtype", torch.float32)
+        return DtypeChoice(dtype, "set when the model was built (not loaded by load_model)")
+    return choice
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -86,7 +100,7 @@ def load_model(
     *,
     processed: bool = False,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = "auto",
     n_ctx: int | None = None,
     tiny: TinyConfig | None = None,
     backend: str = "hooked",
@@ -100,6 +114,10 @@ def load_model(
         processed: fold norms and centre weights as TransformerLens's ``from_pretrained`` does.
             Off by default so that vectors live in the HF basis.
         device: defaults to CUDA when available, else CPU.
+        dtype: the weights' dtype, a ``torch.dtype`` or its name; ``"auto"`` (default) is bfloat16 on a GPU or
+            a CPU with AMX-BF16 / AVX512-BF16 and float32 elsewhere (``models.precision``; the environment
+            variable ``STEERINTERP_DTYPE`` overrides the automatic choice). ``dtype_choice(model)`` says what
+            was chosen and why; the resolved dtype is recorded in ``ModelSpec.dtype``.
         n_ctx: the longest sequence the model accepts; at most the checkpoint's ``max_position_embeddings``
             (more is a ``ModelLoadError``). Default: ``DEFAULT_N_CTX`` (2048), or the checkpoint's if shorter.
         tiny: shape of the tiny model (only with ``name="tiny"``).
@@ -110,6 +128,8 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     device = torch.device(device) if device is not None else default_device()
+    choice = resolve_dtype(dtype, device)
+    dtype = choice.dtype
     key = str(name) if name is not None else EMBEDDED
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a local file are noise
@@ -118,8 +138,9 @@ def load_model(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    _DTYPE_CHOICES[model] = choice
     record_model_spec(model, ModelSpec(
-        name=key, dtype=str(dtype).removeprefix("torch."), processed=processed,
+        name=key, dtype=choice.name, processed=processed,
         n_ctx=getattr(model.cfg, "n_ctx", None), backend=backend,
         tiny=asdict(tiny) if key == TINY and tiny is not None and tiny != TinyConfig() else None))
     return model
@@ -127,7 +148,7 @@ def load_model(
 
 def load_model_from_spec(spec: ModelSpec, *, device: str | torch.device | None = None):
     """The model a ``ModelSpec`` describes (as recorded in a run directory or a vector file)."""
-    kwargs = {"processed": spec.processed, "dtype": _dtype(spec.dtype), "backend": spec.backend, "device": device}
+    kwargs = {"processed": spec.processed, "dtype": spec.dtype, "backend": spec.backend, "device": device}
     if spec.n_ctx:
         kwargs["n_ctx"] = spec.n_ctx
     if spec.tiny:
@@ -135,13 +156,6 @@ def load_model_from_spec(spec: ModelSpec, *, device: str | torch.device | None =
     if spec.finetuned:
         return load_finetuned(spec.finetuned, spec.name, **kwargs)
     return load_model(spec.name, **kwargs)
-
-
-def _dtype(name: str) -> torch.dtype:
-    dtype = getattr(torch, str(name).removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ModelLoadError(f"dtype {name!r} is not a torch dtype; use float32, bfloat16, float16 or float64")
-    return dtype
 
 
 def _load(key, processed, device, dtype, n_ctx, tiny, backend):

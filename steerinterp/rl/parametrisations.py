@@ -5,6 +5,8 @@ checkpoint, says what generation should apply while sampling, and writes the fin
 
 * ``vector``: a ``SteeringSet`` of trainable vectors (the papers'; zeros by default);
 * ``adaptive``: an ``AdaptiveSteering`` (rank-1, token-wise; PEFT-style initialisation by default);
+* ``adaptive_fixed_read``: the same with the read vector ``a`` frozen at its initialisation (only the write
+  direction ``b`` trains): the control that tells what training ``a`` adds to where the magnitude goes;
 * ``full``: the model's own weights (``FullWeights``: the parameters chosen by name), the fine-tuning
   baseline.
 
@@ -129,6 +131,27 @@ class AdaptiveParametrisation:
         return path
 
 
+class AdaptiveFixedReadParametrisation(AdaptiveParametrisation):
+    """Adaptive steering with ``a`` frozen at its (seeded) initialisation; only ``b`` is trained."""
+
+    name = "adaptive_fixed_read"
+
+    def default(self, model, config) -> AdaptiveSteering:
+        trained = AdaptiveSteering.init(model, config.layers, seed=config.seed)
+        for a in trained.a.values():
+            a.requires_grad_(False)
+        return trained
+
+    def check(self, model, trained) -> None:
+        super().check(model, trained)
+        if any(a.requires_grad for a in trained.a.values()):
+            raise SteerInterpError("parametrisation 'adaptive_fixed_read' keeps a fixed: pass an AdaptiveSteering whose "
+                                   "a tensors have requires_grad=False (or use parametrisation='adaptive')")
+
+    def tensors(self, trained: AdaptiveSteering) -> dict[str, torch.Tensor]:
+        return {f"b.{k}": v for k, v in trained.b.items()}
+
+
 @dataclass
 class FullWeights:
     """The model's own parameters chosen for full fine-tuning (name -> the live parameter)."""
@@ -189,5 +212,6 @@ class FullParametrisation:
         return path
 
 
-for _p in (VectorParametrisation(), AdaptiveParametrisation(), FullParametrisation()):
+for _p in (VectorParametrisation(), AdaptiveParametrisation(), AdaptiveFixedReadParametrisation(),
+           FullParametrisation()):
     register_parametrisation(_p)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
 from steerinterp.generation.decode import generate, teacher_forced_logprobs
+from steerinterp.models.loading import dtype_choice
 from steerinterp.rl.advantages import ADVANTAGES, compute_advantages
 from steerinterp.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from steerinterp.rl.distributed import DistInfo, all_gather_list, all_reduce_sum, barrier, init_from_env
@@ -53,8 +54,9 @@ class TrainConfig:
 
     steps: int = _opt(40, "RL steps (optimizer updates)")
     layers: str | list[int] = _opt("all", "layers that get a vector: all | 12 | 3,7")
-    parametrisation: str = _opt("vector", "what is trained: vector (the papers'), adaptive (rank-1 token-wise) or "
-                                          "full (the model's weights)", choices=lambda: list(PARAMETRISATIONS))
+    parametrisation: str = _opt("vector", "what is trained: vector (the papers'), adaptive (rank-1 token-wise), "
+                                          "adaptive_fixed_read (its control: a frozen at init) or full (the model's "
+                                          "weights)", choices=lambda: list(PARAMETRISATIONS))
     full_params: list[str] | None = _opt(None, "for parametrisation full: parameter-name parts to train "
                                                 "(comma-separated; default all)")
     lr: float = _opt(3e-3, "AdamW learning rate")
@@ -221,6 +223,7 @@ class Trainer:
         n_tok = int(all_reduce_sum(n_tok_local.clone().to(torch.float64), d).item())
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
+        gap = torch.zeros(3, dtype=torch.float64)  # sum |sampler - trainer| log-prob, sum of differences, max
         for s in range(0, len(prompts), cfg.micro_batch):
             sl = slice(s, s + cfg.micro_batch)
             lp = teacher_forced_logprobs(model, out.tokens[sl], out.completion_mask[sl], self.steering,
@@ -229,6 +232,10 @@ class Trainer:
                                          prompt_length=out.prompt_length)
             loss = reinforce_loss(lp, out.completion_mask[sl], adv[sl].to(device), n_tokens=n_tok)
             loss.backward()
+            diff = (out.logprobs[sl] - lp.detach().float())[out.completion_mask[sl]].double().cpu()
+            if diff.numel():
+                gap += torch.stack([diff.abs().sum(), diff.sum(), torch.zeros((), dtype=torch.float64)])
+                gap[2] = max(gap[2], diff.abs().max())
             loss_total += float(loss.detach())
         params = list(self.params.values())
         for p in params:
@@ -261,6 +268,11 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens": n_tok,
+            # the sampler's and the trainer's log-probs of the same tokens (different engines; in bfloat16 they
+            # differ by rounding): mean |difference|, the KL(sampler || trainer) estimate mean(lp_s - lp_t), max
+            "logprob_gap": float(all_reduce_sum(gap[0].clone(), d)) / max(n_tok, 1),
+            "sampler_trainer_kl": float(all_reduce_sum(gap[1].clone(), d)) / max(n_tok, 1),
+            "logprob_gap_max": float(gap[2]),
             "completion_len": sum(lengths) / len(lengths),
             "seconds_sampling": t_sample,
             "seconds_gradient": t_grad,
@@ -369,7 +381,7 @@ class Trainer:
             kind="train", model=model_spec(self.model), task=self.task.spec, task_name=self.task.name,
             verifier=self.task.verifier, seed=self.config.seed,
             config={**self.config.to_dict(), "trained": sorted(self.params)},
-            task_digest=task_id, model_fingerprint=model_id))
+            task_digest=task_id, model_fingerprint=model_id, dtype_reason=dtype_choice(self.model).reason))
         run.write_metrics(self.metrics)
 
     def _check_same_run(self, record: RunRecord, task_id: str, model_id: str) -> None:
