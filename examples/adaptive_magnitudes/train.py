@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steerinterp.app.examples import example_parser, start_example
-from steerinterp.rl import TrainConfig, Trainer
-from steerinterp.run_dir import RunDir
+from steerinterp.app.examples import example_parser, start_example, train_resumably
+from steerinterp.rl import TrainConfig
 from steerinterp.tasks import load_task
 
 HERE = Path(__file__).parent
@@ -37,13 +36,11 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--layers", default=LAYERS)
     ex = start_example(ap)
-    args, model = ex.args, ex.model
-    task = load_task("arithmetic:add1")
-    for seed in args.seeds:
-        for arm in args.arms:
-            cfg = TrainConfig(steps=args.steps, layers=args.layers, parametrisation=arm, lr=args.lr, seed=seed)
-            run = RunDir(run_path(ex.out, arm, seed))
-            Trainer(model, task, cfg, run, progress=True).train(resume=True)
+    args = ex.args
+    train_resumably(ex.model, load_task("arithmetic:add1"), {
+        run_path(ex.out, arm, seed): TrainConfig(steps=args.steps, layers=args.layers, parametrisation=arm, lr=args.lr,
+                                                 seed=seed)
+        for seed in args.seeds for arm in args.arms})
 
 
 if __name__ == "__main__":

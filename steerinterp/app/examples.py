@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,14 @@ def start_example(parser: argparse.ArgumentParser, argv=None, *, load_model: boo
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return Example(args, out, load(args.model, dtype=args.dtype) if load_model else None)
+
+
+def train_resumably(model, task, runs: Mapping[Path, Any], *, progress: bool = True) -> list[Path]:
+    """Train each ``{run directory: TrainConfig}`` in order, each resuming exactly where it stopped (a finished
+    run is left as it is), so a long protocol (seeds x arms) can be split across sessions by re-running it."""
+    from steerinterp.rl import Trainer
+    from steerinterp.run_dir import RunDir
+
+    for path, config in runs.items():
+        Trainer(model, task, config, RunDir(path), progress=progress).train(resume=True)
+    return list(runs)
