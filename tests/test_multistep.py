@@ -18,10 +18,14 @@ def test_answers_are_the_arithmetic_of_the_question(level):
     task = multistep_task(level, n_test=100)
     for p in list(task.train[:200]) + list(task.test):
         nums = [int(x) for x in re.findall(r"\d+", p.question)]
+        if level == "add3_guided":  # "What is a + b + c? First add a and b, then add c to the result."
+            assert nums[3:] == nums[:3]
+            nums = nums[:3]
         expected = {"word2": lambda a, b, c: a + b * c, "mixed": lambda a, b, c: a * b + c,
                     "mul2": lambda a, b: a * b, "add3": lambda a, b, c: a + b + c,
+                    "add3_guided": lambda a, b, c: a + b + c, "addsub": lambda a, b, c: a + b - c,
                     "word_addsub": lambda a, b, c: a + b - c}[level](*nums)
-        assert int(p.answer) == expected, p
+        assert int(p.answer) == expected >= 0, p
         assert _operands(p.id) == nums
 
 
@@ -33,9 +37,9 @@ def test_split_is_disjoint_including_commuted_twins(level):
         nums = _operands(pid)
         if level == "word2":
             return (nums[0], *sorted(nums[1:]))
-        if level in ("mixed", "word_addsub"):
+        if level in ("mixed", "word_addsub", "addsub"):
             return (*sorted(nums[:2]), nums[2])
-        if level == "add3":
+        if level in ("add3", "add3_guided"):
             return tuple(sorted(nums))
         return tuple(nums)
     train_keys = {twin_key(p.id) for p in task.train}
@@ -61,6 +65,9 @@ def test_answer_line_wins_over_later_numbers():
     assert task.is_correct("3 * 6 = 18 and 7 + 18 = 25.\nAnswer: 25", p)
     assert task.is_correct("Answer: 25\nI checked 3 times, 26 seconds", p)  # the stated answer, not the last number
     assert not task.is_correct("3 * 6 = 18, 7 + 18 = 24. Answer: 24", p)
+    # the small model states its answer as the sum it did (diagnosis of issue 18): the result counts
+    assert task.is_correct("So, the answer is 7 + 18 = 25.", p)
+    assert not task.is_correct("So, the answer is 7 + 18 = 26.", Problem("q", "7"))
 
 
 def test_bad_level_and_test_size():

@@ -75,6 +75,12 @@ def test_extractors():
     assert extract_boxed("\\boxed{unclosed {") is None
     assert extract_last_number("1, 2, and -3.5") == "-3.5"
     assert extract_last_number("costs 1,234 dollars") == "1,234"
+    # a stated answer written as a computation is read as its result, not its first operand
+    assert extract_last_number("So, the answer is 3 + 3 + 4 = 10.") == "10"
+    assert extract_last_number("The final answer: 3 * 6 = 18.\n\nSo, 7 + 18") == "18"
+    assert extract_last_number("the answer is 12.5 - 2.5 = 10 apples") == "10"
+    assert extract_last_number("So answer: 40 + 24 equals 64.") == "64"
+    assert extract_last_number("The answer is 8 + 9.") == "8"  # no '=': the stated number as before
     assert reference_answer("work\n#### 1,000") == "1,000"
 
 

@@ -6,6 +6,7 @@ process-word claims). The issue's criterion: base accuracy at temperature 1 betw
 
     python examples/multistep/base_rates.py                      # all levels, 64 problems, 256 tokens (~25 min)
     python examples/multistep/base_rates.py --levels add3 --n 32
+    python examples/multistep/base_rates.py --levels add3 --merge  # replace add3's rows, keep the others
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def main():
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     ap.add_argument("--n", type=int, default=64, help="test problems per level (the first n of n_test=128)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of other levels already in base_rates.json (same token budget and n)")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
     rows = []
@@ -46,7 +49,15 @@ def main():
               "max_new_tokens": args.max_new_tokens, "n_test": 128, "split_seed": 0,
               "problems": f"the first {args.n} test problems of multistep_task(level, n_test=128, seed=0)",
               "system_prompt": "MULTISTEP_SYSTEM_PROMPT", "rows": rows}
-    (out / "base_rates.json").write_text(json.dumps(result, indent=1))
+    path = out / "base_rates.json"
+    if args.merge and path.exists():
+        old = json.loads(path.read_text())
+        if old["max_new_tokens"] != args.max_new_tokens or old["problems"] != result["problems"]:
+            raise SystemExit(f"--merge: {path} was measured with another token budget or problem count")
+        kept = [r for r in old["rows"] if r["level"] not in args.levels]
+        order = list(LEVELS)
+        result["rows"] = sorted(kept + rows, key=lambda r: order.index(r["level"]))  # stable: greedy first
+    path.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

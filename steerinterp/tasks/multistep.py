@@ -7,12 +7,21 @@ given 128-256 new tokens. The lenient verifier reads the last ``Answer: N`` (els
 
 Levels (each problem's id names its operands):
 
+* ``add3``: "What is 5 + 7 + 8?" (three single digits);
+* ``add3_guided``: ``add3`` with the steps in the question: "What is 5 + 7 + 8? First add 5 and 7, then add 8
+  to the result.";
+* ``addsub``: "What is 6 + 7 - 9?" (single digits, never negative);
+* ``word_addsub``: "Mia has 6 apples. She gets 7 more, then gives 9 away. How many ..." (a + b - c);
 * ``word2``: "Mia has 7 pencils. She buys 3 boxes with 6 pencils in each. How many ..." (a + b x c);
 * ``mixed``: "What is 7 * 6 + 13?" (a x b + c);
 * ``mul2``: "What is 27 * 6?" (a two-digit times a one-digit number).
 
+None reaches the 10-60% base accuracy at temperature 1 that RL needs on the embedded 135M model (all at most
+about 8%; examples/multistep/README.md): its sampled step-by-step completions lose the thread.
+
 Train and test are disjoint *including commuted twins*: problems that differ only by the order of the
-factors of a product (``b x c`` and ``c x b``) share a group, and a group goes wholly to one split.
+terms of a sum or the factors of a product (``b x c`` and ``c x b``; any order of ``a + b + c``) share a
+group, and a group goes wholly to one split.
 """
 
 from __future__ import annotations
@@ -51,6 +60,20 @@ def _add3() -> list[tuple[str, str, int, str]]:
             for a in range(1, 10) for b in range(1, 10) for c in range(1, 10)]
 
 
+def _add3_guided() -> list[tuple[str, str, int, str]]:
+    """``add3`` with its two steps spelled out in the question ("First add a and b, then add c to the result");
+    the twin group is the multiset {a, b, c}, as in ``add3``."""
+    return [(f"What is {a} + {b} + {c}? First add {a} and {b}, then add {c} to the result.",
+             f"add3_guided:{a}+{b}+{c}", a + b + c, "+".join(map(str, sorted((a, b, c)))))
+            for a in range(1, 10) for b in range(1, 10) for c in range(1, 10)]
+
+
+def _addsub() -> list[tuple[str, str, int, str]]:
+    """a + b - c with single digits, never negative; twins swap a and b."""
+    return [(f"What is {a} + {b} - {c}?", f"addsub:{a}+{b}-{c}", a + b - c, f"{min(a, b)}+{max(a, b)}|{c}")
+            for a in range(1, 10) for b in range(1, 10) for c in range(1, 10) if a + b >= c]
+
+
 def _word_addsub() -> list[tuple[str, str, int, str]]:
     """Two steps in words: a, then b more, then c fewer (a + b - c), single digits, never negative."""
     out = []
@@ -74,7 +97,8 @@ def _mul2() -> list[tuple[str, str, int, str]]:
 
 
 LEVELS: dict[str, Callable[[], list[tuple[str, str, int, str]]]] = {
-    "add3": _add3, "word_addsub": _word_addsub, "word2": _word2, "mixed": _mixed, "mul2": _mul2}
+    "add3": _add3, "add3_guided": _add3_guided, "addsub": _addsub, "word_addsub": _word_addsub, "word2": _word2,
+    "mixed": _mixed, "mul2": _mul2}
 
 
 def multistep_task(level: str = "word2", *, n_test: int = 128, seed: int = 0, verifier: str = "last_number",

@@ -44,8 +44,12 @@ MAX_ROOTS = 2  # square roots and n-th roots (n < 10)
 MAX_VARIABLES = 2  # distinct letters
 
 _NUMBER = re.compile(r"-?\d[\d,]*+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-# possessive quantifiers: "answer is" followed by a long run of spaces is one linear scan
-_ANSWER_IS = re.compile(r"answer\s*+(?:is|:|=)\s*+\$?\\?\(?\s*+(-?\d[\d,]*+(?:\.\d+)?(?:/\d+)?)", re.IGNORECASE)
+# possessive quantifiers: "answer is" followed by a long run of spaces is one linear scan. A stated answer
+# written as a sum ("the answer is 3 + 4 = 7", "Answer: 3 * 6 equals 18") is read as the number after its '='
+# or "equals": the second group, after a chain of operators and numbers that cannot backtrack.
+_PLAIN = r"-?\d[\d,]*+(?:\.\d+)?(?:/\d+)?"
+_ANSWER_IS = re.compile(rf"answer\s*+(?:is|:|=)\s*+\$?\\?\(?\s*+({_PLAIN})"
+                        rf"(?:(?:\s*+[-+*x\u00d7\u00f7]\s*+{_PLAIN})++\s*+(?:=|equals)\s*+({_PLAIN}))?", re.IGNORECASE)
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*+\{")
 _BRACE = re.compile(r"[{}]")
 
@@ -73,11 +77,14 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_last_number(text: str) -> str | None:
-    """``"the answer is N"`` if stated (the last such), else the last number in the text."""
+    """``"the answer is N"`` if stated (the last such), else the last number in the text.
+
+    A stated answer written as a computation (``"the answer is 3 + 4 = 7"``) gives its result (7)."""
     text = text[-MAX_SCAN_CHARS:]
     stated = _ANSWER_IS.findall(text)
     if stated:
-        return stated[-1]
+        first, result = stated[-1]
+        return result or first
     nums = _NUMBER.findall(text)
     return nums[-1] if nums else None
 
