@@ -152,6 +152,20 @@ def _vectors(model):
                                                for i in range(model.cfg.n_layers)})
 
 
+def _analyse(name, model, batch, vecs, pen):
+    if name == "token_shift":
+        return A.token_shift(model, batch, vecs)
+    if name == "residual_logit_lens":
+        return A.residual_logit_lens(model, batch, vecs, positions="completion")
+    if name == "persistence":
+        return A.persistence(model, batch, vecs, observed_layers=[1, 2])
+    if name == "block_patching":
+        return A.block_patching(model, batch, pen)
+    if name == "attention_diff":
+        return A.attention_diff(model, batch, vecs)
+    return A.logit_attribution(model, batch, 5, against=6, positions="completion", steering=vecs)
+
+
 @pytest.mark.parametrize("name", ["token_shift", "residual_logit_lens", "persistence", "block_patching",
                                   "attention_diff", "logit_attribution"])
 def test_bfloat16_analyses_match_float64_to_bfloat16_rounding(tiny64, tiny_bf16, name):
@@ -160,16 +174,7 @@ def test_bfloat16_analyses_match_float64_to_bfloat16_rounding(tiny64, tiny_bf16,
         vecs = _vectors(model)
         batch = A.teacher_forcing_batch(model, ["hello there", "a b"], [" yes it is", " no"])
         pen = vecs.subset([model.cfg.n_layers - 2])
-        run = {
-            "token_shift": lambda: A.token_shift(model, batch, vecs),
-            "residual_logit_lens": lambda: A.residual_logit_lens(model, batch, vecs, positions="completion"),
-            "persistence": lambda: A.persistence(model, batch, vecs, observed_layers=[1, 2]),
-            "block_patching": lambda: A.block_patching(model, batch, pen),
-            "attention_diff": lambda: A.attention_diff(model, batch, vecs),
-            "logit_attribution": lambda: A.logit_attribution(model, batch, 5, against=6, positions="completion",
-                                                             steering=vecs),
-        }[name]
-        results[model.cfg.dtype] = run().to_frame()
+        results[model.cfg.dtype] = _analyse(name, model, batch, vecs, pen).to_frame()
     exact, rounded = results[torch.float64], results[torch.bfloat16]
     cols = {"token_shift": ["dst_dp", "src_dp", "kl"], "residual_logit_lens": ["kl"],
             "persistence": ["diff_vector", "mean_diff_vector"], "block_patching": ["effect_lost", "retained"],
