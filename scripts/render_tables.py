@@ -181,6 +181,17 @@ def boot_ci(per_problem, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def boot_ci_seeds(by_seed, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean over training seeds and problems: each resample draws the
+    seeds with replacement and, independently, the problems (one draw shared by every seed, since the seeds
+    answer the same problems). ``by_seed``: one array per seed, aligned by problem; NaN entries are skipped."""
+    x = np.stack([np.asarray(v, dtype=float) for v in by_seed])
+    g = np.random.default_rng(seed)
+    rows, cols = g.integers(0, x.shape[0], size=(n, x.shape[0])), g.integers(0, x.shape[1], size=(n, x.shape[1]))
+    means = np.array([np.nanmean(x[np.ix_(r, c)]) for r, c in zip(rows, cols)])
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def ci(per_problem) -> str:
     lo, hi = boot_ci(per_problem)
     return f"[{pct_n(lo)}, {pct_n(hi)}]"
@@ -876,19 +887,130 @@ def seg(layer: int) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k != "layer"}
 
 
-def seg_top(layer: int) -> tuple[str, float, list[float]]:
-    d = seg(layer)
-    top = max(d, key=d.get)
-    return top, d[top], [v for k, v in d.items() if k != top]
-
-
-def seg_ratio(layer: int) -> str:
-    _, top, rest = seg_top(layer)
-    return f"{f(top / max(rest), 1)}-{f(top / min(rest), 1)}x"
+def seg_tops() -> str:
+    """Per layer of run.py's adapter: the segment with the largest mean |m_t| / mean |MLP out|, and that value."""
+    layers = [int(r["layer"]) for r in C(f"{AD}/by_segment.csv")]
+    return "; ".join(f"layer {k}: {max(seg(k), key=seg(k).get)} ({f(max(seg(k).values()), 3)})" for k in layers)
 
 
 def ad_summary(layer: int) -> dict:
     return next(r for r in C(f"{AD}/summary.csv") if r["layer"] == str(layer))
+
+
+ADS = f"{AD}/seeds"
+AD_ARMS = {"base": "base model", "adaptive": "adaptive adapter (a and b trained)",
+           "adaptive_fixed_read": "frozen-read control (a fixed at its seeded init, b trained)"}
+SEGMENTS = ("system header", "system message", "between turns", "user header", "user message", "assistant header",
+            "generation")
+
+
+def ads_heldout(arm: str, twin_free: bool = False) -> dict[int, np.ndarray]:
+    """Greedy correctness per training seed on the held-out problems (one array per seed, problems sorted)."""
+    by = defaultdict(dict)
+    for r in C(f"{ADS}/heldout.csv"):
+        if r["arm"] == arm and not (twin_free and r["twin_in_training"] == "1"):
+            by[int(r["seed"])][r["problem"]] = float(r["correct"])
+    problems = sorted(next(iter(by.values())))
+    if any(sorted(d) != problems for d in by.values()):
+        raise ValueError(f"{ADS}/heldout.csv: the seeds of {arm} answer different problems")
+    return {s: np.array([d[p] for p in problems]) for s, d in sorted(by.items())}
+
+
+def ads_acc(arm: str, twin_free: bool = False) -> str:
+    """Mean accuracy over seeds and problems [bootstrap 95% CI over both] (base: over problems)."""
+    by = ads_heldout(arm, twin_free)
+    lo, hi = boot_ci_seeds(list(by.values()))
+    return f"{pct(np.mean(list(by.values())))} [{pct_n(lo)}, {pct_n(hi)}]"
+
+
+def ads_gain(arm: str, ref: str) -> str:
+    """Paired difference in held-out greedy accuracy, arm - ref, in points [CI over seeds and problems]; the
+    reference is matched seed by seed (the base model, having one answer per problem, is shared)."""
+    a, b = ads_heldout(arm), ads_heldout(ref)
+    diff = [a[s] - (b[s] if s in b else b[-1]) for s in a]
+    lo, hi = boot_ci_seeds(diff)
+    return f"{sgn(100 * np.mean(diff), 1)} points [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
+
+
+def ads_runs(arm: str) -> list[dict]:
+    return [r for r in C(f"{ADS}/runs.csv") if r["arm"] == arm]
+
+
+def t_ad_seeds() -> str:
+    n_twin_free = len(next(iter(ads_heldout("base", True).values())))
+    n = len(next(iter(ads_heldout("base").values())))
+    header = ["arm", "training seeds", "training accuracy (T = 1), mean of the first 5 -> last 5 steps, per seed",
+              f"held-out greedy accuracy (n = {n}) [95% CI]", "per seed",
+              f"twin-free held-out (n = {n_twin_free}) [95% CI]", "cos(a, a_init), over layers and seeds", "|b|"]
+    rows = [[AD_ARMS["base"], "-", "-", ads_acc("base"), "-", ads_acc("base", True), "-", "-"]]
+    for arm in ("adaptive", "adaptive_fixed_read"):
+        runs, by = ads_runs(arm), ads_heldout(arm)
+        per_seed = {int(r["seed"]): r for r in runs}
+        train = "; ".join(f"{pct(float(r['train_acc_first5']))} -> {pct(float(r['train_acc_last5']))}"
+                          for _, r in sorted(per_seed.items()))
+        rows.append([AD_ARMS[arm], ", ".join(str(s) for s in sorted(per_seed)) + f" ({runs[0]['steps']} steps)", train,
+                     ads_acc(arm), " / ".join(pct(v.mean()) for v in by.values()), ads_acc(arm, True),
+                     span(float(r["cos_a_init"]) for r in runs), span(float(r["b_norm"]) for r in runs)])
+    return md_table(header, rows)
+
+
+@cache
+def ads_segments() -> dict[tuple[str, int, str], dict[int, dict[str, float]]]:
+    """(arm, layer, segment) -> seed -> problem -> mean |m_t| / mean |MLP out| over that completion's tokens."""
+    d = defaultdict(lambda: defaultdict(dict))
+    for r in C(f"{ADS}/by_segment.csv"):
+        d[(r["arm"], int(r["layer"]), r["segment"])][int(r["seed"])][r["problem"]] = float(r["mean_abs_normalised"])
+    return d
+
+
+def ads_seg_cell(arm: str, layer: int, segment: str, nd: int = 3) -> str:
+    by = ads_segments()[(arm, layer, segment)]
+    problems = sorted(set().union(*by.values()))
+    x = [np.array([by[s].get(p, np.nan) for p in problems]) for s in sorted(by)]
+    lo, hi = boot_ci_seeds(x)
+    return f"{f(np.nanmean(x), nd)} [{f(lo, nd)}, {f(hi, nd)}]"
+
+
+TASK_SEGMENTS, SYSTEM_SEGMENTS = ("user message", "assistant header", "generation"), ("system header", "system message")
+
+
+def ads_ratio(arm: str, layer: int) -> str:
+    """Mean magnitude on the problem's segments (user message, assistant header, generation) over that on the
+    system prompt (header and message), each the mean of its per-problem segment means, with a bootstrap 95% CI
+    resampling seeds and problems together for numerator and denominator."""
+    segs = ads_segments()
+    by = {g: segs[(arm, layer, g)] for g in (*TASK_SEGMENTS, *SYSTEM_SEGMENTS)}
+    seeds_ = sorted(by[TASK_SEGMENTS[0]])
+    problems = sorted(by[TASK_SEGMENTS[0]][seeds_[0]])
+    x = {g: np.array([[by[g][sd][p] for p in problems] for sd in seeds_]) for g in by}  # seeds x problems
+    ratio = lambda r, c: (np.mean([x[g][np.ix_(r, c)].mean() for g in TASK_SEGMENTS])
+                          / np.mean([x[g][np.ix_(r, c)].mean() for g in SYSTEM_SEGMENTS]))
+    gen = np.random.default_rng(0)
+    rows = gen.integers(0, len(seeds_), size=(2000, len(seeds_)))
+    cols = gen.integers(0, len(problems), size=(2000, len(problems)))
+    boot = [ratio(r, c) for r, c in zip(rows, cols)]
+    point = ratio(np.arange(len(seeds_)), np.arange(len(problems)))
+    return f"{f(point, 1)}x [{f(np.percentile(boot, 2.5), 1)}, {f(np.percentile(boot, 97.5), 1)}]"
+
+
+def ads_ratio_seeds(arm: str, layer: int) -> str:
+    """The same ratio for each training seed on its own (point values, seeds in order)."""
+    segs = ads_segments()
+    mean = lambda g, sd: np.mean(list(segs[(arm, layer, g)][sd].values()))
+    return " / ".join(f(np.mean([mean(g, sd) for g in TASK_SEGMENTS]) / np.mean([mean(g, sd) for g in SYSTEM_SEGMENTS]), 1)
+                      + "x" for sd in sorted(segs[(arm, layer, TASK_SEGMENTS[0])]))
+
+
+def ads_layers() -> list[int]:
+    return sorted({int(r["layer"]) for r in C(f"{ADS}/runs.csv")})
+
+
+def t_ad_segments() -> str:
+    layers = ads_layers()
+    header = ["segment", *[f"layer {k}, adapter" for k in layers], *[f"layer {k}, control" for k in layers]]
+    rows = [[seg, *[ads_seg_cell("adaptive", k, seg) for k in layers],
+             *[ads_seg_cell("adaptive_fixed_read", k, seg, 4) for k in layers]] for seg in SEGMENTS]
+    return md_table(header, rows)
 
 
 # --- diffsae -----------------------------------------------------------------------------------------------
@@ -1141,6 +1263,8 @@ def ms_best_sampled() -> str:
 # --- the registries ----------------------------------------------------------------------------------------
 
 TABLES: dict[str, Callable[[], str]] = {
+    "adaptive_magnitudes.seeds": t_ad_seeds,
+    "adaptive_magnitudes.segments": t_ad_segments,
     "rl_arithmetic.main": t_rl_main,
     "rl_arithmetic.shared": t_rl_shared,
     "rl_arithmetic.answer_formats": t_rl_formats,
@@ -1360,16 +1484,28 @@ V: dict[str, Callable[[], str]] = {
     "tr.copied": lambda: pct(tr_map()["copied"]),
     "tr.n_train": lambda: str(task_sizes(ADD1)[0]),
     # adaptive_magnitudes
-    "ad.steps": lambda: str(J(f"{AD}/train_info.json")["steps"]),
-    "ad.mag": lambda: pct_range([float(ad_summary(layer)["mean_abs"]) for layer in (10, 20, 28)], 2),
-    "ad.l28_top": lambda: f(seg_top(28)[1], 4),
-    "ad.l28_ratio": lambda: seg_ratio(28),
-    "ad.l28_rest": lambda: rng(min(seg_top(28)[2]), max(seg_top(28)[2]), lambda x: f(x, 4)),
-    "ad.l10_top": lambda: f(seg_top(10)[1], 4),
-    "ad.l10_rest": lambda: rng(min(seg_top(10)[2]), max(seg_top(10)[2]), lambda x: f(x, 4)),
-    "ad.l20": lambda: (lambda d: f"{f(d['assistant header'], 4)}, {f(d['user message'], 4)}")(seg(20)),
-    "ad.r10": lambda: f(float(ad_summary(10)["pearson_r_vs_cos"])),
-    "ad.r_other": lambda: " and ".join(f(float(ad_summary(layer)["pearson_r_vs_cos"])) for layer in (20, 28)),
+    "ad.steps": lambda: str(J(f"{AD}/runs/adaptive-seed0/run.json")["config"]["steps"]),
+    "ad.mag": lambda: pct_range([float(ad_summary(layer)["mean_abs"]) for layer in (10, 20, 28)], 1),
+    "ad.tops": seg_tops,
+    "ad.r": lambda: join_and([f(float(ad_summary(k)["pearson_r_vs_cos"])) for k in (10, 20, 28)]),
+    "ad.s.ratio10": lambda: ads_ratio("adaptive", 10),
+    "ad.s.ratio20": lambda: ads_ratio("adaptive", 20),
+    "ad.s.ratio28": lambda: ads_ratio("adaptive", 28),
+    "ad.s.ratio10_control": lambda: ads_ratio("adaptive_fixed_read", 10),
+    "ad.s.ratio20_control": lambda: ads_ratio("adaptive_fixed_read", 20),
+    "ad.s.ratio28_control": lambda: ads_ratio("adaptive_fixed_read", 28),
+    "ad.s.ratio10_seeds": lambda: ads_ratio_seeds("adaptive", 10),
+    "ad.s.ratio20_seeds": lambda: ads_ratio_seeds("adaptive", 20),
+    "ad.s.n_heldout": lambda: str(len(next(iter(ads_heldout("base").values())))),
+    "ad.s.n_twin_free": lambda: str(len(next(iter(ads_heldout("base", True).values())))),
+    "ad.s.n_seg": lambda: str(J(f"{ADS}/info.json")["segment_problems"]),
+    "ad.s.cos": lambda: span(float(r["cos_a_init"]) for r in ads_runs("adaptive")),
+    "ad.s.acc": lambda: ads_acc("adaptive"),
+    "ad.s.acc_control": lambda: ads_acc("adaptive_fixed_read"),
+    "ad.s.acc_base": lambda: ads_acc("base"),
+    "ad.s.vs_control": lambda: ads_gain("adaptive", "adaptive_fixed_read"),
+    "ad.s.vs_base": lambda: ads_gain("adaptive", "base"),
+    "ad.s.control_vs_base": lambda: ads_gain("adaptive_fixed_read", "base"),
     "ad.n_samples": lambda: str(len({r["sample"] for r in C(f"{AD}/magnitudes.csv")})),
     # diffsae
     "sae.n_gens": lambda: str(sae_summary()["generations"]),

@@ -398,6 +398,10 @@ def test_adaptive_magnitudes_oracle(tiny64, batch64):
     assert set(df["segment"]) >= {"user header", "user message", "generation"}
     assert res.summary()["mean"].iloc[0] >= 0
     assert "generation" in res.by_segment().columns
+    per = res.by_segment(per_sample=True)  # one row per (sample, layer): the mean over that sample's tokens
+    one = df[(df["sample"] == 0) & (df["segment"] == "generation")]
+    assert per.loc[(0, 2), "generation"] == pytest.approx(one["normalised"].abs().mean(), abs=1e-12)
+    assert len(per) == df["sample"].nunique() * len(res.layers)
     res.plot(), res.plot("scatter")
     with pytest.raises(SteerInterpError, match="AdaptiveSteering"):
         A.adaptive_magnitudes(model, batch64, si.SteeringSet.from_tensors(model, {1: _vec(model, 1)}))

@@ -43,4 +43,8 @@ def test_adaptive_protocol_trains_resumably_and_reads_the_runs(tmp_path):
     assert (runs.steps == 2).all()
     heldout = pd.read_csv(tmp_path / "seeds" / "heldout.csv")
     assert set(heldout.arm) == {"base", "adaptive", "adaptive_fixed_read"}
-    assert len(pd.read_csv(tmp_path / "seeds" / "by_segment.csv"))
+    # add1's fixed split: 19 of its 40 held-out problems have their commuted twin among the training problems
+    assert heldout[heldout.arm == "base"].twin_in_training.sum() == 19
+    segments = pd.read_csv(tmp_path / "seeds" / "by_segment.csv")
+    n_test = heldout[heldout.arm == "base"].problem.nunique()
+    assert segments.groupby(["arm", "layer", "segment"]).problem.nunique().eq(n_test).all()  # a row per problem

@@ -64,3 +64,37 @@ def test_rounding_is_half_up_on_the_decimal_value():
     assert R["pct"](0.9125) == "91.3%"
     assert R["pct"](0.18749999999999997) == "18.8%"
     assert R["f"](-0.0001) == "0.00"
+
+
+def test_stored_correctness_agrees_with_the_verifier():
+    """Results files that keep completions were scored by the verifier of their day; a verifier fix must be
+    carried into them (scripts/rescore_results.py), or the tables rendered from them are silently stale."""
+    S = runpy.run_path(str(ROOT / "scripts" / "rescore_results.py"))
+    assert not S["undeclared"](), "declare these results files in SCORED"
+    import csv
+    import sys
+
+    csv.field_size_limit(sys.maxsize)
+    stale = [str(d) for rel, task in S["SCORED"].items() for d in S["disagreements"](rel, task)]
+    assert not stale, "\n".join(stale) + "\nrun: python scripts/rescore_results.py && python scripts/render_tables.py"
+
+
+def test_rescoring_catches_a_stale_flag(tmp_path):
+    S = runpy.run_path(str(ROOT / "scripts" / "rescore_results.py"))
+    rel = "rl_arithmetic/results/add1-answer-formats.csv"
+    fields, rows = S["read"](rel)
+    truth = [r["correct"] for r in rows[:3]]
+    rows = [dict(r) for r in rows[:3]]
+    rows[1]["correct"] = str(rows[1]["correct"] != "True")  # flip one flag
+    (tmp_path / "rl_arithmetic" / "results").mkdir(parents=True)
+    import csv
+
+    with open(tmp_path / rel, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    main = S["main"]
+    main.__globals__.update(EX=tmp_path, SCORED={rel: "arithmetic:add1"})  # the script's namespace, this copy only
+    assert main(["--check"]) == 1
+    assert main([]) == 0 and main(["--check"]) == 0
+    assert [r["correct"] for r in S["read"](rel)[1]] == truth  # rewritten to the verifier's flags

@@ -1,10 +1,11 @@
 """Adaptive (token-wise) steering: where the magnitude goes along the sequence (PAPER_NOTES section 4.9).
 
 A rank-1 token-wise steering (direction b, magnitude |b| a.u_t from the MLP hidden activation) RL-trained
-on add1 at layers 10, 20 and 28 (``steerinterp train --task arithmetic:add1 --parametrisation adaptive
---layers 10,20,28``; a copy ships in results/) is run over its own sampled completions. The heatmap
+on add1 at layers 10, 20 and 28 for 40 steps (``train.py``'s seed-0 adapter, committed in
+``results/runs/adaptive-seed0``; ``--adaptive`` takes any other) is run over its own sampled completions. The heatmap
 shows m_t / mean|MLP out| per layer and token with the chat-segment borders (system, user header, user
-message, assistant header, generation); the table gives the mean |magnitude| per segment.
+message, assistant header, generation); the table gives the mean |magnitude| per segment. ``seeds.py`` gives
+the same per-segment readout over all three seeds and the frozen-read control, with intervals.
 
     python examples/adaptive_magnitudes/run.py
 """
@@ -25,11 +26,14 @@ HERE = Path(__file__).parent
 
 def main():
     ap = example_parser(__doc__, HERE)
-    ap.add_argument("--adaptive", default=str(HERE / "results" / "adaptive.safetensors"))
+    ap.add_argument("--adaptive", default=str(HERE / "results" / "runs" / "adaptive-seed0" / "final" / "adaptive.safetensors"),
+                    help="a trained AdaptiveSteering (default: train.py's seed-0 adapter)")
     ap.add_argument("--problems", type=int, default=16)
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
 
+    if not Path(args.adaptive).is_file():
+        raise SystemExit(f"no adapter at {args.adaptive}; run examples/adaptive_magnitudes/train.py --seeds 0 first")
     ad = AdaptiveSteering.load(args.adaptive, model=model)
     task = arithmetic_task("add1")
     problems = list(task.test)[: args.problems]

@@ -43,10 +43,14 @@ class AdaptiveMagnitudeResult(AnalysisResult):
                          "mean_abs": m.abs().mean(), "pearson_r_vs_cos": g["magnitude"].corr(g["cos_mlp_b"])})
         return pd.DataFrame(rows)
 
-    def by_segment(self):
-        """Mean |normalised magnitude| per layer and chat segment: which segments carry the steering."""
+    def by_segment(self, *, per_sample: bool = False):
+        """Mean |normalised magnitude| per layer and chat segment: which segments carry the steering.
+
+        ``per_sample=True`` keeps one row per (sample, layer), so intervals can resample the sequences; a
+        segment a sample lacks is NaN there. The default pools every token of a segment over all samples."""
+        index = ["sample", "layer"] if per_sample else "layer"
         return (self.frame.assign(abs_normalised=self.frame["normalised"].abs())
-                .pivot_table(index="layer", columns="segment", values="abs_normalised", aggfunc="mean"))
+                .pivot_table(index=index, columns="segment", values="abs_normalised", aggfunc="mean"))
 
     def plot(self, kind: str = "heatmap", *, sample: int = 0):
         """``"heatmap"``: layers x positions of one sample with segment borders; ``"scatter"``: m_t vs cosine."""
