@@ -45,6 +45,33 @@ def test_paired_caches_cache_only_requested_hooks(tiny, batch64):
 
 
 # ---- persistence (PAPER_NOTES claim 5) -----------------------------------------------------------------------------
+def test_persistence_rows_on_their_own_inputs_stack_to_the_joint_result(tiny64, batch64):
+    """The papers' design, one single-layer vector at a time compared with the other layers' vectors, stacks to
+    exactly the all-at-once result on the same inputs; compare_with decides what Diff-Vector compares with."""
+    model = tiny64
+    vecs = {1: _vec(model, 1, 0.5), 2: _vec(model, 2, 0.5), 3: _vec(model, 3, 0.5)}
+    joint = A.persistence(model, batch64, vecs)
+    rows = [A.persistence(model, batch64, {k: v}, compare_with=vecs) for k, v in vecs.items()]
+    stacked = A.PersistenceResult.stack(rows)
+    assert stacked.steered_layers == [1, 2, 3] and stacked.n_tokens == 3 * joint.n_tokens
+    for m in ("diff_vector", "diff_diff", "mean_diff_vector", "delta_norm"):
+        assert torch.allclose(getattr(stacked, m), getattr(joint, m), equal_nan=True, atol=1e-12)
+        assert torch.allclose(getattr(stacked.prompt, m), getattr(joint.prompt, m), equal_nan=True, atol=1e-12)
+    assert torch.equal(stacked.final_shifts[2], joint.final_shifts[2])
+    per = stacked.per_sample_frame()  # sample means of the per-sample rows are the matrices' cells
+    cell = per[(per.steered_layer == 1) & (per.observed_layer == 3)]
+    assert len(cell) == len(batch64) and cell.diff_vector.mean() == pytest.approx(float(joint.diff_vector[0, 3]))
+    assert cell.diff_diff.mean() == pytest.approx(float(joint.diff_diff[0, 3]))
+    alone = A.persistence(model, batch64, {1: vecs[1]})  # without compare_with: only its own layer to compare
+    assert torch.isnan(alone.diff_vector[0, 2:]).all() and not torch.isnan(rows[0].diff_vector[0, 2:3]).any()
+    flipped = A.persistence(model, batch64, {1: vecs[1]}, compare_with={k: -v for k, v in vecs.items()})
+    assert torch.allclose(flipped.diff_vector, -rows[0].diff_vector, equal_nan=True, atol=1e-12)
+    with pytest.raises(SteerInterpError, match="repeat"):
+        A.PersistenceResult.stack([rows[0], rows[0]])
+    with pytest.raises(SteerInterpError, match="observed layers"):
+        A.PersistenceResult.stack([rows[0], A.persistence(model, batch64, {2: vecs[2]}, observed_layers=[2, 3])])
+
+
 def test_persistence_identities_and_oracle(tiny64, batch64):
     model = tiny64
     vecs = {1: _vec(model, 1, 0.5), 2: _vec(model, 2, 0.5)}
@@ -278,6 +305,9 @@ def test_compose_pairs_diagonal_is_the_single_layer(tiny):
     res = A.compose_pairs(tiny, task, singles, 0.5, problems=task.test[:3], max_new_tokens=3, progress=False)
     assert res.layers == [1, 2] and res.accuracy.shape == (2, 2) and torch.isnan(res.accuracy[1, 0])
     assert len(res.to_frame()) == 3
+    per = res.per_problem  # the outcomes behind every cell, for intervals
+    assert set(per.variant) == {"base", "1+1", "1+2", "2+2"} and (per.groupby("variant").size() == 3).all()
+    assert per[per.variant == "1+2"].correct.mean() == pytest.approx(float(res.accuracy[0, 1]))
     res.plot()
 
 
@@ -300,6 +330,11 @@ def test_compose_pairs_runs_every_pair_of_eight_or_more_layers(monkeypatch):
                 return 0.1
             i, j = (int(x) for x in name.split("+"))
             return 0.2 + 0.01 * i + 0.001 * j
+
+        def details(self):
+            import pandas as pd
+
+            return pd.DataFrame([{"variant": self.name, "mode": "greedy", "seed": None, "problem": "p", "correct": True}])
 
     def fake_evaluate(model, task, variants, **kw):
         (name, steering), = variants.items()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*/*.py"))
@@ -48,3 +49,52 @@ def test_adaptive_protocol_trains_resumably_and_reads_the_runs(tmp_path):
     segments = pd.read_csv(tmp_path / "seeds" / "by_segment.csv")
     n_test = heldout[heldout.arm == "base"].problem.nunique()
     assert segments.groupby(["arm", "layer", "segment"]).problem.nunique().eq(n_test).all()  # a row per problem
+
+
+def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
+    """single_layer_sweep/train.py -> seeds.py (per-problem outcomes, format-only baselines) and
+    composition/seeds.py (every pair of a seed's vectors) on the tiny model; a single layer's greedy answers must
+    be the same in both files (same vectors, same greedy decoding)."""
+    import pandas as pd
+
+    import steerinterp as si
+
+    common = ["--model", "tiny", "--threads", "1"]
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run("examples/single_layer_sweep/train.py", *common, "--out", str(tmp_path / "sweep"), "--layers", "1,2,3",
+               "--seeds", "0", "--steps", "2")  # step 1 is warm-up (lr 0): the vectors move at step 2
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run("examples/single_layer_sweep/seeds.py", *common, "--out", str(tmp_path / "sweep"), "--samples", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    held = pd.read_csv(tmp_path / "sweep" / "seeds" / "heldout.csv")
+    per_variant = held.groupby(["variant", "layer", "mode"]).problem.nunique()
+    assert (per_variant == 40).all() and len(per_variant) == 3 * 2 + 3 * 2  # 3 baselines + 3 layers, greedy + sampled
+    assert {"base, answer format forced", "base, 128 new tokens"} <= set(held.variant)
+    assert held[(held.variant == "base") & (held["mode"] == "greedy")].twin_in_training.sum() == 19
+    assert len(pd.read_csv(tmp_path / "sweep" / "seeds" / "runs.csv")) == 3
+
+    model = si.load_model("tiny")
+    si.SteeringSet.from_tensors(model, {k: torch.full((model.cfg.d_model,), 0.01) for k in range(model.cfg.n_layers)}
+                                ).save(tmp_path / "all", model=model)
+    proc = run("examples/composition/seeds.py", *common, "--out", str(tmp_path / "comp"), "--layers", "1,2,3",
+               "--runs", str(tmp_path / "sweep" / "runs"), "--all-layers", str(tmp_path / "all"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pairs = pd.read_csv(tmp_path / "comp" / "seeds" / "pairs_greedy.csv")
+    assert set(pairs.variant) == {"base", "all", "1+1", "1+2", "1+3", "2+2", "2+3", "3+3"}
+    single = held[(held.variant == "single layer") & (held.layer == 2) & (held["mode"] == "greedy")]
+    diagonal = pairs[pairs.variant == "2+2"]
+    assert dict(zip(single.problem, single.correct)) == dict(zip(diagonal.problem, diagonal.correct))
+
+    proc = run("examples/persistence/independent.py", *common, "--out", str(tmp_path / "pers"), "--layers", "1,2,3",
+               "--runs", str(tmp_path / "sweep" / "runs"), "--problems", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = pd.read_csv(tmp_path / "pers" / "independent" / "persistence.csv")
+    main = cells[cells.positions == "completion"]
+    assert set(cells.positions) == {"completion", "prompt"}
+    assert main.groupby("steered_layer").observed_layer.min().to_dict() == {1: 1, 2: 2, 3: 3}
+    diagonal = main[main.steered_layer == main.observed_layer]
+    assert (diagonal.diff_vector - 1).abs().max() < 1e-6  # delta = s_l at l, compared with s_l itself
+    later = main[(main.observed_layer > main.steered_layer) & (main.observed_layer <= 3)]
+    assert later.diff_vector.notna().all()  # compared with the other layers' own vectors
+    per = pd.read_csv(tmp_path / "pers" / "independent" / "per_sample.csv")
+    assert per.groupby(["steered_layer", "observed_layer"]).size().eq(4).all()

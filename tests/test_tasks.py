@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.tasks import LEVELS, arithmetic_task, gsm8k_task, load_task, math_task
+from steerinterp.tasks import LEVELS, Problem, Task, arithmetic_task, gsm8k_task, load_task, math_task
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 
@@ -23,6 +23,22 @@ def test_arithmetic_splits_are_disjoint_and_seeded():
     assert t.reward(f"{a} + {b} = {a + b}", p) == 1.0 and t.reward("12", p) in (-1.0, 1.0)
     with pytest.raises(SteerInterpError, match="unknown arithmetic level"):
         arithmetic_task("add7")
+
+
+def test_commuted_twins_of_held_out_problems_are_found_by_hand():
+    from steerinterp.tasks import commuted_twin_in_training
+
+    task = arithmetic_task("add1")
+    twins = commuted_twin_in_training(task)
+    train = {p.question for p in task.train}
+    for p in task.test:  # recomputed from the questions: "What is a + b?" -> "What is b + a?"
+        a, b = p.question.removeprefix("What is ").rstrip("?").split(" + ")
+        assert twins[p.id] == (a != b and f"What is {b} + {a}?" in train)
+    assert sum(twins.values()) == 19 and len(twins) == 40
+    assert not any(commuted_twin_in_training(arithmetic_task("sub2")).values())  # a - b has no twin
+    odd = Task(name="x", train=task.train, test=[Problem("What is 2 + 2?", "4", id="q1")], verifier="last_number")
+    with pytest.raises(SteerInterpError, match="not an arithmetic problem id"):
+        commuted_twin_in_training(odd)
 
 
 def test_shared_split_is_the_prototype_protocol():

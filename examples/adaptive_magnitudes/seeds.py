@@ -21,23 +21,11 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
-from steerinterp.run_dir import RunDir
+from steerinterp.app.examples import example_parser, finished_runs, start_example
 from steerinterp.steering.adaptive import AdaptiveSteering
-from steerinterp.tasks import evaluate, load_task
+from steerinterp.tasks import commuted_twin_in_training, evaluate, load_task
 
 HERE = Path(__file__).parent
-
-
-def finished_runs(runs: Path) -> list[tuple[str, int, RunDir]]:
-    """(arm, seed, run) for every run directory under ``runs`` that holds a final adapter."""
-    out = []
-    for path in sorted(runs.glob("*-seed*")):
-        run = RunDir(path)
-        if (run.final_dir / "adaptive.safetensors").is_file():
-            arm, _, seed = path.name.rpartition("-seed")
-            out.append((arm, int(seed), run))
-    return out
 
 
 def read_init_cosines(model, trained: AdaptiveSteering, seed: int) -> dict[int, float]:
@@ -45,14 +33,6 @@ def read_init_cosines(model, trained: AdaptiveSteering, seed: int) -> dict[int, 
     return {k: float(torch.nn.functional.cosine_similarity(trained.a[k].detach().double(),
                                                            init.a[k].detach().double(), dim=0))
             for k in trained.layers}
-
-
-def commuted_twin_in_training(task) -> dict[str, int]:
-    """Per held-out add1 problem ("add1:a+b"): 1 when its commuted twin b + a is a training problem (add1's fixed
-    split predates twin-aware splits; issue 18 asks for held-out problems disjoint including twins)."""
-    train = {p.id for p in task.train}
-    twin = lambda pid: "add1:" + "+".join(reversed(pid.split(":", 1)[1].split("+")))
-    return {p.id: int(twin(p.id) in train) for p in task.test}
 
 
 def main():
@@ -73,7 +53,7 @@ def main():
     twin_in_train = commuted_twin_in_training(task)
     base = evaluate(model, task, {"base": None}, samples=0).details()
     heldout += [{"arm": "base", "seed": -1, "problem": r.problem, "correct": int(r.correct),
-                 "twin_in_training": twin_in_train[r.problem]} for r in base.itertuples() if r.mode == "greedy"]
+                 "twin_in_training": int(twin_in_train[r.problem])} for r in base.itertuples() if r.mode == "greedy"]
     for arm, seed, run in runs:
         ad = AdaptiveSteering.load(run.final_dir / "adaptive.safetensors", model=model)
         metrics = pd.DataFrame(run.metrics())
@@ -85,7 +65,7 @@ def main():
                              "train_acc_last5": float(metrics["accuracy"].tail(5).mean())})
         ev = evaluate(model, task, {arm: ad}, samples=0).details()
         heldout += [{"arm": arm, "seed": seed, "problem": r.problem, "correct": int(r.correct),
-                     "twin_in_training": twin_in_train[r.problem]} for r in ev.itertuples() if r.mode == "greedy"]
+                     "twin_in_training": int(twin_in_train[r.problem])} for r in ev.itertuples() if r.mode == "greedy"]
         problems = list(task.test)[: args.problems]
         rollouts = si.generate(model, task.prompts(model, problems), steering=ad, max_new_tokens=32, temperature=1.0,
                                seed=seed)

@@ -64,6 +64,7 @@ class CompositionResult(AnalysisResult):
     all_layer_accuracy: float
     base_accuracy: float
     mode: str
+    per_problem: object = None  # DataFrame: variant ("base", "i+j", "all"), sample seed, problem, correct
 
     @property
     def gain(self) -> torch.Tensor:
@@ -115,7 +116,7 @@ def compose_pairs(
     ``singles``: ``{layer: SteeringSet}`` of independently trained one-layer sets, or one SteeringSet
     / ``{layer: tensor}`` whose vectors are taken one layer at a time. ``all_layers``: the all-layer
     SteeringSet (evaluated here) or its accuracy as a float. ``mode``: ``"greedy"`` or ``"sampled"``
-    (avg@``samples``).
+    (avg@``samples``). ``per_problem`` on the result keeps every (variant, problem) outcome, for intervals.
     """
     from tqdm.auto import tqdm
 
@@ -138,9 +139,12 @@ def compose_pairs(
         variants["all"] = all_layers
     kw = dict(problems=problems, greedy=mode == "greedy", samples=samples if mode == "sampled" else 0,
               max_new_tokens=max_new_tokens)
-    acc = {}
+    acc, rows = {}, []
     for name, steering in tqdm(variants.items(), desc="pairs", disable=not progress):
-        acc[name] = evaluate(model, task, {name: steering}, **kw).accuracy(name, mode)
+        ev = evaluate(model, task, {name: steering}, **kw)
+        acc[name] = ev.accuracy(name, mode)
+        d = ev.details()
+        rows.append(d[d["mode"] == mode][["variant", "seed", "problem", "correct"]])
     n = len(chosen)
     grid = torch.full((n, n), float("nan"), dtype=torch.float64)
     for a, i in enumerate(chosen):
@@ -148,4 +152,6 @@ def compose_pairs(
             if b >= a:
                 grid[a, b] = acc[f"{i}+{j}"]
     all_acc = float(all_layers) if isinstance(all_layers, (int, float)) else acc["all"]
-    return CompositionResult(chosen, grid, all_acc, acc["base"], mode)
+    import pandas as pd
+
+    return CompositionResult(chosen, grid, all_acc, acc["base"], mode, pd.concat(rows, ignore_index=True))

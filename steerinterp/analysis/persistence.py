@@ -51,6 +51,23 @@ class PersistenceResult(AnalysisResult):
     n_tokens: int
     positions: str = "completion"  # the positions averaged over: "completion", "all" or "prompt"
     prompt: PersistenceResult | None = None  # the same over the prompt's positions (reported separately)
+    diff_vector_per_sample: Float[torch.Tensor, "steered observed samples"] | None = None
+
+    def per_sample_frame(self):
+        """One row per (steered, observed, sample) with observed >= steered: that sample's token-mean Diff-Vector
+        and Diff-Diff (NaN where there is nothing to compare with), for intervals that resample the samples."""
+        import pandas as pd
+
+        rows = []
+        dv = self.diff_vector_per_sample
+        for i, s in enumerate(self.steered_layers):
+            for j, o in enumerate(self.observed_layers):
+                if o >= s:
+                    for k in range(self.diff_diff_per_sample.shape[-1]):
+                        rows.append({"steered_layer": s, "observed_layer": o, "sample": k,
+                                     "diff_vector": float(dv[i, j, k]) if dv is not None else float("nan"),
+                                     "diff_diff": float(self.diff_diff_per_sample[i, j, k])})
+        return pd.DataFrame(rows)
 
     def to_frame(self, *, include_prompt: bool = False):
         """One row per (steered, observed) pair with observed >= steered. ``include_prompt``: also the
@@ -69,6 +86,33 @@ class PersistenceResult(AnalysisResult):
             if self.prompt is not None:
                 df = pd.concat([df, self.prompt.to_frame(include_prompt=True)], ignore_index=True)
         return df
+
+    @classmethod
+    def stack(cls, results: Sequence[PersistenceResult]) -> PersistenceResult:
+        """The rows of several results (each on its own inputs, e.g. one steered layer on its own rollouts) as
+        one result, rows in the given order; ``n_tokens`` becomes the total. The observed layers and positions
+        must agree; samples per row may differ (``diff_diff_per_sample`` is NaN-padded)."""
+        results = list(results)
+        if not results:
+            raise SteerInterpError("nothing to stack")
+        first = results[0]
+        for r in results[1:]:
+            if r.observed_layers != first.observed_layers or r.positions != first.positions:
+                raise SteerInterpError("persistence results with different observed layers or positions cannot be "
+                                       "stacked; compute them with the same observed_layers and positions")
+        steered = [layer for r in results for layer in r.steered_layers]
+        if len(set(steered)) != len(steered):
+            raise SteerInterpError(f"steered layers repeat across the results ({steered}); stack distinct rows")
+        n = max(r.diff_diff_per_sample.shape[-1] for r in results)
+        pad = lambda t: torch.nn.functional.pad(t, (0, n - t.shape[-1]), value=float("nan"))
+        per_sample = torch.cat([pad(r.diff_diff_per_sample) for r in results])
+        dv = (torch.cat([pad(r.diff_vector_per_sample) for r in results])
+              if all(r.diff_vector_per_sample is not None for r in results) else None)
+        prompts = [r.prompt for r in results]
+        return cls(steered, list(first.observed_layers),
+                   *(torch.cat([getattr(r, m) for r in results]) for m in METRICS), per_sample,
+                   {k: v for r in results for k, v in r.final_shifts.items()}, sum(r.n_tokens for r in results),
+                   first.positions, cls.stack(prompts) if all(p is not None for p in prompts) else None, dv)
 
     def plot(self, metrics: Sequence[str] = ("diff_diff", "diff_vector", "mean_diff_vector")):
         import plotly.graph_objects as go
@@ -139,6 +183,7 @@ class _Sums:
         return PersistenceResult(
             steered, observed, self.dv.nanmean(-1), self.dd.nanmean(-1), mdv, delta_norm, self.dd,
             {layer: self.final[i] / self.count for i, layer in enumerate(steered)}, self.count, positions, prompt,
+            self.dv,
         )
 
 
@@ -154,6 +199,7 @@ def persistence(
     observed_layers: Sequence[int] | None = None,
     positions: str = "completion",
     batch_size: int | None = None,
+    compare_with=None,
 ) -> PersistenceResult:
     """Propagation matrices for each vector of ``vectors`` applied alone (see the module docstring).
 
@@ -161,6 +207,11 @@ def persistence(
     last prompt token on) or ``"all"`` (prompt and completion, the last token dropped; the earlier
     default). Either way ``result.prompt`` holds the same matrices over the
     prompt's other positions (every prompt token but the last), or None when there are none.
+    ``compare_with``: the vectors s_{l'} that Diff-Vector and mean-diff-vs-vector compare the propagated shift
+    with (a SteeringSet or ``{layer: tensor}``; default ``vectors``). The papers' design steers with one
+    independently trained single-layer vector at a time, on completions sampled with it alone, and compares with
+    the other layers' independently trained vectors: call this once per layer with ``vectors={l: s_l}``, that
+    layer's rollouts and ``compare_with`` = all of them, then ``PersistenceResult.stack`` the rows.
     Only ``hook_resid_post`` of the observed layers is cached, one chunk of ``batch_size`` sequences at
     a time (default: ``rows_per_forward``). Each steered run starts at its vector's block from the base
     run's cached residual (the blocks before it are the base run's: the same operations, so the same
@@ -172,6 +223,7 @@ def persistence(
     vecs = as_vector_dict(vectors)
     if not vecs:
         raise SteerInterpError("no vectors given")
+    targets = vecs if compare_with is None else as_vector_dict(compare_with)
     alone = single_layer_sets(model, vectors)
     steered = list(vecs)
     observed = list(range(model.cfg.n_layers)) if observed_layers is None else sorted(int(x) for x in observed_layers)
@@ -211,7 +263,7 @@ def persistence(
                 if o < layer:
                     continue
                 delta = (st[names[j]] - base[names[j]]).double()  # [b, t, d]
-                vec = vecs[o].double().to(delta.device) if o in vecs else None
+                vec = targets[o].double().to(delta.device) if o in targets else None
                 for g, sel in masks.items():
                     groups[g].add(i, j, delta, sel, rows, vec)
                 del delta
@@ -219,5 +271,5 @@ def persistence(
         del base
     if groups["main"].count == 0:
         raise SteerInterpError("no positions selected; the batch has no completion tokens")
-    prompt = groups["prompt"].result(steered, observed, vecs, "prompt") if groups["prompt"].count else None
-    return groups["main"].result(steered, observed, vecs, positions, prompt)
+    prompt = groups["prompt"].result(steered, observed, targets, "prompt") if groups["prompt"].count else None
+    return groups["main"].result(steered, observed, targets, positions, prompt)

@@ -63,3 +63,18 @@ def train_resumably(model, task, runs: Mapping[Path, Any], *, progress: bool = T
     for path, config in runs.items():
         Trainer(model, task, config, RunDir(path), progress=progress).train(resume=True)
     return list(runs)
+
+
+def finished_runs(root) -> list[tuple[str, int, Any]]:
+    """``(arm, seed, RunDir)`` for every run directory ``root/ARM-seedS`` whose ``final/`` holds a trained result
+    (a ``.safetensors`` file), sorted by name: what a protocol's reading script (``seeds.py``) takes in, while
+    unfinished runs keep training elsewhere."""
+    from steerinterp.run_dir import RunDir
+
+    out = []
+    for path in sorted(Path(root).glob("*-seed*")):
+        arm, _, seed = path.name.rpartition("-seed")
+        run = RunDir(path)
+        if seed.isdigit() and any(run.final_dir.glob("*.safetensors")):
+            out.append((arm, int(seed), run))
+    return out

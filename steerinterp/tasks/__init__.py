@@ -9,7 +9,7 @@
     evaluation.py  evaluate(): greedy and sampled accuracy per variant
 """
 
-from steerinterp.tasks.arithmetic import LEVELS, arithmetic_task
+from steerinterp.tasks.arithmetic import LEVELS, arithmetic_task, commuted_twin_in_training
 from steerinterp.tasks.base import Problem, Task
 from steerinterp.tasks.evaluation import EvalResult, evaluate
 from steerinterp.tasks.jsonl import gsm8k_task, math_task
@@ -19,5 +19,5 @@ from steerinterp.tasks.validation import check_prompt_lengths
 from steerinterp.tasks.verifiers import VERIFIERS
 
 __all__ = ["LEVELS", "MULTISTEP_SYSTEM_PROMPT", "VERIFIERS",
-           "EvalResult", "Problem", "Task", "arithmetic_task", "check_prompt_lengths", "evaluate",
+           "EvalResult", "Problem", "Task", "arithmetic_task", "check_prompt_lengths", "commuted_twin_in_training", "evaluate",
            "gsm8k_task", "load_task", "math_task", "multistep_task"]

@@ -67,3 +67,23 @@ def arithmetic_task(level: str = "add1", *, n_test: int = 64, seed: int = 0, ver
         info={"level": level, "seed": seed, "split": split},
         spec=f"arithmetic:{level}" + (":shared" if split == "shared" else ""),
     )
+
+
+COMMUTATIVE = {"+", "*"}
+
+
+def commuted_twin_in_training(task: Task) -> dict[str, bool]:
+    """Per test problem of an arithmetic task (ids ``"level:a+b"``): whether its commuted twin ``b + a`` is a
+    training problem, so held-out results can be reported on the twin-free subset too (issue 18). The
+    fixed ``"disjoint"`` split draws problems, not twin pairs, so add1's 40 test problems include 19 whose twin
+    is trained on. Non-commutative operators (``-``) have no twins: every problem maps to False."""
+    train = {p.id for p in task.train}
+    out = {}
+    for p in task.test:
+        level, _, expr = p.id.partition(":")
+        op = LEVELS[level][1] if level in LEVELS else None
+        if op is None or expr.count(op) != 1:
+            raise SteerInterpError(f"{p.id!r} is not an arithmetic problem id like 'add1:3+4'; give an arithmetic_task")
+        a, b = expr.split(op)
+        out[p.id] = op in COMMUTATIVE and a != b and f"{level}:{b}{op}{a}" in train
+    return out
