@@ -3,14 +3,19 @@
 1. Sample completions of the add1 problems from the model steered by the RL-trained all-layer
    vectors (temperature 1) and label them with the task's verifier.
 2. Teacher-force them with and without steering; collect delta = h_steered - h_base at several
-   layers (prompt and completion tokens, never position 0).
-3. Train one TopK DiffSAE per layer with sae-lens (FVU, L0, dead latents on held-out generations).
+   layers, on the completion positions (``--rows all``: prompt rows too, never position 0; the earlier rule).
+3. Train one TopK DiffSAE per layer with sae-lens on each distinct row once, 10% of the *problems* held out
+   and a dictionary sized to the distinct rows (``--d-sae auto``); FVU, L0 and dead latents on the held-out
+   problems. ``--no-dedupe --heldout-by generation --d-sae 2304 --rows all`` is the earlier protocol.
 4. Rank features by how differently often they fire on correct vs incorrect generations (Fisher
    exact test, BH q-values); Fig 7 as grouped bars; top contexts and decoder logit lens (Fig 8).
 5. Attribute the log-probability of the reference answer to the last SAE's features (activation x
    gradient with the error term), and steer with features (steer_features.py): the top attributed
    feature added to the base model, the feature most tied to incorrect generations removed from the
    steered model, each at its typical contribution.
+6. Causal ablation inside the steered run (``sae.ablation_accuracy``): the last layer's top-k features
+   tied to correct and to incorrect generations, and k random live features as a control, removed from the
+   steered run's difference while decoding; accuracy on the held-out problems.
 
     python examples/diffsae/run.py                  # about 10 minutes on 2 CPU threads
     python examples/diffsae/run.py --samples 2 --layers 15,29 --tag quick
@@ -41,7 +46,12 @@ def main():
     ap.add_argument("--layers", default="5,10,15,20,25,29")
     ap.add_argument("--samples", type=int, default=8, help="completions per problem")
     ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--expansion", type=int, default=4)
+    ap.add_argument("--d-sae", default="auto", help="dictionary size: auto (sized to the distinct rows) or a number")
+    ap.add_argument("--rows", default="completion", choices=["completion", "all"],
+                    help="rows collected and trained on: completion positions (the papers' focus) or all")
+    ap.add_argument("--heldout-by", default="problem", choices=["problem", "generation"])
+    ap.add_argument("--no-dedupe", action="store_true", help="keep repeated rows (the earlier rule)")
+    ap.add_argument("--ablate-k", default="1,3,10", help="top-k features ablated in the steered run")
     ap.add_argument("--reuse-saes", action="store_true", help="load results/saes/layerN instead of training")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
@@ -60,7 +70,7 @@ def main():
     gens.to_frame().to_csv(out / f"{args.tag}-generations.csv", index=False)
 
     t0 = time.perf_counter()
-    diffs = S.collect_differences(model, gens, vecs, layers, positions="all", batch_size=16)
+    diffs = S.collect_differences(model, gens, vecs, layers, positions=args.rows, batch_size=16)
     summary["collect_s"] = time.perf_counter() - t0
     print(f"collected {len(next(iter(diffs.values())))} rows per layer in {summary['collect_s']:.0f} s")
 
@@ -70,7 +80,9 @@ def main():
         if args.reuse_saes:
             dsae = S.load_diff_sae(out / "saes" / f"layer{layer}")
         else:
-            dsae = S.train_diff_sae(d, k=args.k, d_sae=args.expansion * d.d_in, model_name="SmolLM2-135M-Instruct")
+            dsae = S.train_diff_sae(d, k=args.k, d_sae=args.d_sae if args.d_sae == "auto" else int(args.d_sae),
+                                    rows=args.rows, dedupe=not args.no_dedupe, heldout_by=args.heldout_by,
+                                    model_name="SmolLM2-135M-Instruct")
             dsae.save(out / "saes" / f"layer{layer}")
         saes[layer] = dsae
         frame = dsae.to_frame()
@@ -134,6 +146,27 @@ def main():
     summary["feature_steering"] = {"norms": norms, "table": ev.to_frame().to_dict(orient="records")}
     print(f"typical contribution norms {norms}")
     print(ev.to_frame().to_string(index=False))
+    # causal ablation: the top features of each kind removed from the steered run while decoding
+    import torch
+
+    ks = [int(x) for x in args.ablate_k.split(",")]
+    alive = torch.nonzero((freqs[last].freq_correct + freqs[last].freq_incorrect) > 0).flatten().tolist()
+    chosen = {"correct": freqs[last].top(max(ks), toward="correct"),
+              "incorrect": freqs[last].top(max(ks), toward="incorrect"),
+              "random live": [alive[i] for i in torch.randperm(len(alive), generator=torch.Generator().manual_seed(0))
+                              [: max(ks)].tolist()]}
+    ablations = []
+    for kind, features in chosen.items():
+        abl = S.ablation_accuracy(model, task, saes[last], features, steering=vecs, ks=ks, samples=2)
+        details = abl.evaluation.details()
+        ablations.append(details.drop(columns="completion").assign(features=kind,
+                                                                   feature_ids=" ".join(map(str, features))))
+        print(f"ablating {kind} features {features}: " + ", ".join(
+            f"{v} {abl.accuracy(v):.1%}" for v in ["steered"] + [f"top-{k}" for k in ks]))
+    pd.concat(ablations, ignore_index=True).to_csv(out / f"{args.tag}-layer{last}-ablation.csv", index=False)
+    summary["ablation"] = {k: v for k, v in chosen.items()}
+    summary["protocol"] = {"rows": args.rows, "heldout_by": args.heldout_by, "dedupe": not args.no_dedupe,
+                           "d_sae": args.d_sae, "k": args.k}
     (out / f"{args.tag}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
 
 
