@@ -395,6 +395,9 @@ def test_transfer_grid_normalises_by_the_recipients_own_vectors(tiny):
     if res.accuracy.loc["m", "m"] != res.accuracy.loc["m", "unsteered"]:
         assert norm.loc["m", "m"] == pytest.approx(1.0)
     assert len(res.to_frame()) == 2
+    per = res.per_problem  # every graded outcome behind the grid
+    assert len(per) == 2 * 3 and set(per.donor) == {"unsteered", "m"} and set(per.recipient) == {"m"}
+    assert per[per.donor == "m"].correct.mean() == pytest.approx(float(res.accuracy.loc["m", "m"]))
     res.plot()
     # a model and its donor may share a name ("base"); the unsteered column is apart
     named = A.transfer_grid({"base": tiny}, {"base": vecs}, task, problems=task.test[:2], max_new_tokens=2)

@@ -98,3 +98,25 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     assert later.diff_vector.notna().all()  # compared with the other layers' own vectors
     per = pd.read_csv(tmp_path / "pers" / "independent" / "per_sample.csv")
     assert per.groupby(["steered_layer", "observed_layer"]).size().eq(4).all()
+
+
+def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
+    """examples/transfer/sibling.py on the tiny model: the sibling's weights differ from the base model's, each
+    model gets its own vectors, and every (seed, recipient, donor, decoding, problem) outcome is written."""
+    import pandas as pd
+
+    from steerinterp.models import load_finetuned, load_model
+
+    argv = [sys.executable, "examples/transfer/sibling.py", "--model", "tiny", "--threads", "1", "--out", str(tmp_path),
+            "--sibling-steps", "2", "--steps", "2", "--samples", "1"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    root = tmp_path / "sibling"
+    base, sibling = load_model("tiny"), load_finetuned(root / "finetune-arithmetic-sub2" / "final", base="tiny")
+    changed = [n for n, p in sibling.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed  # fine-tuned on sub2: a different model
+    rows = pd.read_csv(root / "transfer.csv")
+    cells = rows.groupby(["recipient", "donor", "mode"]).problem.nunique()
+    assert len(cells) == 2 * 3 * 2 and (cells == 40).all()  # 2 recipients x (unsteered + 2 donors) x 2 decodings
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)  # a re-run resumes: no training
+    assert proc.returncode == 0 and pd.read_csv(root / "transfer.csv").equals(rows)

@@ -63,6 +63,7 @@ def transfer_vectors(vectors, recipient, *, layer_map: Mapping[int, int] | None 
 class TransferResult(AnalysisResult):
     accuracy: object  # DataFrame: recipients x (UNSTEERED, donors...)
     mode: str
+    per_problem: object = None  # DataFrame: recipient, donor, sample seed, problem, correct (for intervals)
 
     @property
     def normalised(self):
@@ -105,7 +106,8 @@ class TransferResult(AnalysisResult):
 
 def transfer_grid(models: Mapping[str, object], vectors: Mapping[str, object], task, *, mode: str = "greedy",
                   samples: int = 4, problems=None, max_new_tokens: int = 32) -> TransferResult:
-    """Accuracy of every donor's vectors (``vectors[name]``) on every recipient (``models[name]``)."""
+    """Accuracy of every donor's vectors (``vectors[name]``) on every recipient (``models[name]``);
+    ``per_problem`` on the result keeps every graded completion's outcome, for intervals."""
     import pandas as pd
 
     from steerinterp.tasks.evaluation import evaluate
@@ -117,12 +119,16 @@ def transfer_grid(models: Mapping[str, object], vectors: Mapping[str, object], t
     if UNSTEERED in vectors:
         raise SteerInterpError(f"{UNSTEERED!r} names the recipients' own unsteered accuracy; call the donor something else")
     acc = pd.DataFrame(index=list(models), columns=[UNSTEERED, *vectors], dtype=float)
+    rows = []
     for r, model in models.items():
         variants = {UNSTEERED: None, **{d: transfer_vectors(v, model) for d, v in vectors.items()}}
         res = evaluate(model, task, variants, **kw)
         for name in variants:
             acc.loc[r, name] = res.accuracy(name, mode)
-    return TransferResult(acc, mode)
+        d = res.details()
+        rows.append(d[d["mode"] == mode][["variant", "seed", "problem", "correct"]]
+                    .rename(columns={"variant": "donor"}).assign(recipient=r))
+    return TransferResult(acc, mode, pd.concat(rows, ignore_index=True))
 
 
 def fit_linear_map(x: Float[torch.Tensor, "n d_in"], y: Float[torch.Tensor, "n d_out"], *, ridge: float = 0.0):
