@@ -21,7 +21,7 @@ import pandas as pd
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, finished_runs, start_example
+from steerinterp.app.examples import example_parser, single_layer_seeds, start_example
 from steerinterp.tasks import load_task
 
 HERE = Path(__file__).parent
@@ -40,14 +40,8 @@ def main():
     ex = start_example(ap)
     args, model = ex.args, ex.model
     layers = [int(x) for x in args.layers.split(",")]
-    by_seed: dict[int, dict[int, object]] = {}
-    for arm, seed, run in finished_runs(args.runs):
-        if arm.startswith("layer") and int(arm.removeprefix("layer")) in layers:
-            by_seed.setdefault(seed, {})[int(arm.removeprefix("layer"))] = run
-    complete = sorted(s for s, got in by_seed.items() if set(got) == set(layers))
-    if not complete:
-        raise SystemExit(f"no training seed has finished runs for all of layers {layers} under {args.runs}; "
-                         "run examples/single_layer_sweep/train.py first")
+    by_seed = single_layer_seeds(args.runs, layers)
+    complete = sorted(by_seed)
     task = load_task("arithmetic:add1")
     all_layers = si.SteeringSet.load(args.all_layers, model=model)
     frames = []

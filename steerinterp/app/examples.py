@@ -78,3 +78,21 @@ def finished_runs(root) -> list[tuple[str, int, Any]]:
         if seed.isdigit() and any(run.final_dir.glob("*.safetensors")):
             out.append((arm, int(seed), run))
     return out
+
+
+def single_layer_seeds(root, layers) -> dict[int, dict[int, Any]]:
+    """``{seed: {layer: RunDir}}`` for every training seed whose single-layer runs ``root/layerL-seedS`` are
+    finished for all of ``layers`` (seeds with a run missing or still training are left out); an error naming
+    the command to run when no seed is complete."""
+    from steerinterp.errors import SteerInterpError
+
+    by_seed: dict[int, dict[int, Any]] = {}
+    for arm, seed, run in finished_runs(root):
+        layer = arm.removeprefix("layer")
+        if arm.startswith("layer") and layer.isdigit() and int(layer) in layers:
+            by_seed.setdefault(seed, {})[int(layer)] = run
+    complete = {seed: got for seed, got in sorted(by_seed.items()) if set(got) == set(layers)}
+    if not complete:
+        raise SteerInterpError(f"no training seed has finished runs for all of layers {list(layers)} under {root}; "
+                               "run examples/single_layer_sweep/train.py first")
+    return complete
