@@ -51,6 +51,8 @@ def main():
                     help="rows collected and trained on: completion positions (the papers' focus) or all")
     ap.add_argument("--heldout-by", default="problem", choices=["problem", "generation"])
     ap.add_argument("--no-dedupe", action="store_true", help="keep repeated rows (the earlier rule)")
+    ap.add_argument("--batch-size", type=int, default=128,
+                    help="SAE training batch (rows); add1's steered completions give only ~900 distinct rows a layer")
     ap.add_argument("--ablate-k", default="1,3,10", help="top-k features ablated in the steered run")
     ap.add_argument("--reuse-saes", action="store_true", help="load results/saes/layerN instead of training")
     ex = start_example(ap)
@@ -82,6 +84,7 @@ def main():
         else:
             dsae = S.train_diff_sae(d, k=args.k, d_sae=args.d_sae if args.d_sae == "auto" else int(args.d_sae),
                                     rows=args.rows, dedupe=not args.no_dedupe, heldout_by=args.heldout_by,
+                                    batch_size=args.batch_size,
                                     model_name="SmolLM2-135M-Instruct")
             dsae.save(out / "saes" / f"layer{layer}")
         saes[layer] = dsae
@@ -166,7 +169,7 @@ def main():
     pd.concat(ablations, ignore_index=True).to_csv(out / f"{args.tag}-layer{last}-ablation.csv", index=False)
     summary["ablation"] = {k: v for k, v in chosen.items()}
     summary["protocol"] = {"rows": args.rows, "heldout_by": args.heldout_by, "dedupe": not args.no_dedupe,
-                           "d_sae": args.d_sae, "k": args.k}
+                           "d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size}
     (out / f"{args.tag}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
 
 
