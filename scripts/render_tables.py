@@ -499,6 +499,58 @@ def sweep_no_sampled_gain() -> str:
     return join_and([r["variant"] for r in sweep_single() if float(r["sampled_acc"]) <= b]) or "none"
 
 
+SWS = f"{SW}/seeds"
+SW_BASELINES = ("base", "base, answer format forced", "base, 128 new tokens")
+
+
+@cache
+def sws_outcomes() -> dict[tuple[str, int, str], dict[int, dict[str, list[float]]]]:
+    """(variant, layer, mode) -> training seed -> problem -> outcomes (1 greedy, or one per sampling seed)."""
+    d = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in C(f"{SWS}/heldout.csv"):
+        d[(r["variant"], int(r["layer"]), r["mode"])][int(r["train_seed"])][r["problem"]].append(float(r["correct"]))
+    return d
+
+
+def sws_cell(variant: str, layer: int, mode: str, twin_free: bool = False) -> str:
+    """Mean accuracy over training seeds and problems [bootstrap 95% CI resampling both]."""
+    by = sws_outcomes()[(variant, layer, mode)]
+    twins = {r["problem"]: r["twin_in_training"] == "1" for r in C(f"{SWS}/heldout.csv")}
+    problems = sorted(p for p in next(iter(by.values())) if not (twin_free and twins[p]))
+    x = [np.array([np.mean(by[sd][p]) for p in problems]) for sd in sorted(by)]
+    lo, hi = boot_ci_seeds(x)
+    return f"{pct(np.mean(x))} [{pct_n(lo)}, {pct_n(hi)}]"
+
+
+def sws_tokens(variant: str, layer: int) -> str:
+    rows = [r for r in C(f"{SWS}/heldout.csv") if r["variant"] == variant and int(r["layer"]) == layer]
+    return f(np.mean([int(r["n_tokens"]) for r in rows]), 1)
+
+
+def t_sweep_seeds() -> str:
+    info = J(f"{SWS}/info.json")
+    runs = defaultdict(list)
+    for r in C(f"{SWS}/runs.csv"):
+        runs[int(r["layer"])].append(r)
+    twins = {r["problem"]: r["twin_in_training"] == "1" for r in C(f"{SWS}/heldout.csv")}
+    n, n_free = len(twins), sum(not t for t in twins.values())
+    rows = [[v, "-", "-", "-", "-", "-", sws_cell(v, -1, "greedy"), sws_cell(v, -1, "sampled"),
+             sws_cell(v, -1, "greedy", True), sws_tokens(v, -1)] for v in SW_BASELINES]
+    for layer, rs in sorted(runs.items()):
+        mean = lambda key, rs=rs: np.mean([float(r[key]) for r in rs])
+        rows.append([f"layer {layer}", ", ".join(sorted((r["seed"] for r in rs), key=int)),
+                     rng(min(int(r["steps"]) for r in rs), max(int(r["steps"]) for r in rs), str),
+                     lr_fmt(rs[0]["lr"]), f(mean("norm"), 1),
+                     f"{pct(mean('train_acc_first5'))} -> {pct(mean('train_acc_last5'))}",
+                     sws_cell("single layer", layer, "greedy"), sws_cell("single layer", layer, "sampled"),
+                     sws_cell("single layer", layer, "greedy", True), sws_tokens("single layer", layer)])
+    k = info["samples"]
+    header = ["variant", "training seeds", "steps", "lr", "norm (mean over seeds)",
+              "training accuracy (T = 1), first 5 -> last 5 steps, mean over seeds", f"greedy (n = {n}) [95% CI]",
+              f"sampled avg@{k} [95% CI]", f"greedy, twin-free (n = {n_free}) [95% CI]", "mean completion tokens"]
+    return md_table(header, rows)
+
+
 # --- first_token_substitution ------------------------------------------------------------------------------
 
 FT = "first_token_substitution/results"
@@ -777,6 +829,46 @@ def pers() -> list[dict]:
     return C(f"{PE}/add1-all-layers-persistence.csv")
 
 
+PEI = f"{PE}/independent"
+
+
+@cache
+def pei_samples() -> dict[tuple[int, int], dict[int, dict[int, tuple[float, float]]]]:
+    """(steered, observed) -> training seed -> sample -> (Diff-Vector, Diff-Diff), from ``per_sample.csv``."""
+    d = defaultdict(lambda: defaultdict(dict))
+    for r in C(f"{PEI}/per_sample.csv"):
+        num = lambda v: float(v) if v else float("nan")  # pandas writes NaN as an empty field
+        d[(int(r["steered_layer"]), int(r["observed_layer"]))][int(r["train_seed"])][int(r["sample"])] = (
+            num(r["diff_vector"]), num(r["diff_diff"]))
+    return d
+
+
+def pei_cell(steered: int, observed: list[int], metric: int) -> str:
+    """A metric (0 Diff-Vector, 1 Diff-Diff) averaged over the observed layers, per completion, then over
+    completions and training seeds [bootstrap 95% CI resampling both]."""
+    cells = [pei_samples()[(steered, o)] for o in observed]
+    seeds_ = sorted(cells[0])
+    samples = sorted(cells[0][seeds_[0]])
+    x = [np.array([np.nanmean([c[sd][k][metric] for c in cells]) for k in samples]) for sd in seeds_]
+    lo, hi = boot_ci_seeds(x)
+    return f"{f(np.nanmean(x))} [{f(lo)}, {f(hi)}]"
+
+
+def t_pers_independent() -> str:
+    info = J(f"{PEI}/info.json")
+    layers, last = info["layers"], max(o for _, o in pei_samples())
+    rows = []
+    for k, layer in enumerate(layers):
+        later = layers[k + 1:]
+        rows.append([str(layer), pei_cell(layer, [layer + 1], 1) if layer < last else "-",
+                     pei_cell(layer, [last], 1) if layer < last else "-",
+                     pei_cell(layer, [later[0]], 0) if later else "-",
+                     pei_cell(layer, later, 0) if later else "-"])
+    header = ["steered layer (vector trained alone)", "Diff-Diff one layer later", f"Diff-Diff at layer {last}",
+              "Diff-Vector with the next trained layer's vector", "Diff-Vector, mean over later trained layers"]
+    return md_table(header, rows)
+
+
 PERS_OFFSETS = (1, 2, 5, 10, 20, 29)
 
 
@@ -814,6 +906,67 @@ def pers_lang_sig() -> str:
 # --- composition -------------------------------------------------------------------------------------------
 
 CO = "composition/results"
+
+
+COS = f"{CO}/seeds"
+
+
+@cache
+def cos_outcomes(mode: str = "greedy") -> tuple[list[int], list[str], dict[str, np.ndarray]]:
+    """(training seeds, problems, variant -> [seeds, problems] mean outcome) from ``pairs_MODE.csv``."""
+    d = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in C(f"{COS}/pairs_{mode}.csv"):
+        d[r["variant"]][int(r["train_seed"])][r["problem"]].append(float(r["correct"]))
+    seeds_ = sorted(d["base"])
+    problems = sorted(d["base"][seeds_[0]])
+    return seeds_, problems, {v: np.array([[np.mean(by[sd][p]) for p in problems] for sd in seeds_])
+                              for v, by in d.items()}
+
+
+def cos_r(i: int, j: int, mode: str = "greedy", n: int = 2000) -> tuple[float, float, float, float]:
+    """R_ij = (acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j)) and its bootstrap 95% interval,
+    every accuracy recomputed on each resample of training seeds and problems (resamples where acc_all equals
+    the better single layer leave R undefined and are left out); plus acc_ij."""
+    seeds_, problems, x = cos_outcomes(mode)
+    pair, a, b, every = x[f"{i}+{j}"], x[f"{i}+{i}"], x[f"{j}+{j}"], x["all"]
+
+    def r_of(rows, cols):
+        sub = lambda m: m[np.ix_(rows, cols)].mean()
+        best = max(sub(a), sub(b))
+        denom = sub(every) - best
+        return (sub(pair) - best) / denom if abs(denom) > 1e-12 else np.nan
+
+    g = np.random.default_rng(0)
+    rs, cs = g.integers(0, len(seeds_), size=(n, len(seeds_))), g.integers(0, len(problems), size=(n, len(problems)))
+    boot = np.array([r_of(r, c) for r, c in zip(rs, cs)])
+    point = r_of(np.arange(len(seeds_)), np.arange(len(problems)))
+    return point, float(np.nanpercentile(boot, 2.5)), float(np.nanpercentile(boot, 97.5)), float(pair.mean())
+
+
+def cos_pairs() -> list[tuple[int, int]]:
+    layers = sorted({int(v.split("+")[0]) for v in cos_outcomes()[2] if "+" in v})
+    return [(i, j) for k, i in enumerate(layers) for j in layers[k + 1:]]
+
+
+def t_comp_seeds() -> str:
+    seeds_, problems, x = cos_outcomes()
+    rows = []
+    for i, j in sorted(cos_pairs(), key=lambda p: -np.nan_to_num(cos_r(*p)[0], nan=-9)):
+        r, lo, hi, acc = cos_r(i, j)
+        lo_ci, hi_ci = boot_ci_seeds(list(x[f"{i}+{j}"]))
+        best = max(x[f"{i}+{i}"].mean(), x[f"{j}+{j}"].mean())
+        rows.append([f"{i} + {j}", f"{pct(acc)} [{pct_n(lo_ci)}, {pct_n(hi_ci)}]", pct(best),
+                     "undefined" if r != r else f"{f(r)} [{f(lo)}, {f(hi)}]"])
+    header = ["pair", f"greedy (n = {len(problems)}, {len(seeds_)} training seeds) [95% CI]",
+              "better single layer", "R [95% CI]"]
+    return md_table(header, rows)
+
+
+def cos_counts() -> str:
+    """How many pairs have an R interval wholly above 0, wholly below 0, or across 0."""
+    rs = [cos_r(i, j) for i, j in cos_pairs()]
+    up, down = sum(lo > 0 for _, lo, _, _ in rs), sum(hi < 0 for _, _, hi, _ in rs)
+    return f"{up} of {len(rs)} above 0, {down} below 0, {len(rs) - up - down} across 0"
 
 
 def comp(mode: str) -> dict[tuple[int, int], dict]:
