@@ -120,3 +120,41 @@ def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     assert len(cells) == 2 * 3 * 2 and (cells == 40).all()  # 2 recipients x (unsteered + 2 donors) x 2 decodings
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)  # a re-run resumes: no training
     assert proc.returncode == 0 and pd.read_csv(root / "transfer.csv").equals(rows)
+
+
+def test_diffsae_ablation_chooses_features_by_sign_and_runs(tmp_path):
+    """examples/diffsae/ablate.py: features of correct generations have a positive frequency difference, those of
+    incorrect ones a negative one, the control draws live features outside both; then the script end to end on
+    the tiny model (run.py trains the SAE it loads)."""
+    import runpy
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import steerinterp as si
+
+    chosen_features = runpy.run_path(str(ROOT / "examples" / "diffsae" / "ablate.py"))["chosen_features"]
+    diff = torch.tensor([0.3, -0.2, 0.0, 0.1, -0.5, 0.0, 0.0])
+    fired = torch.tensor([0.5, 0.4, 0.0, 0.2, 0.6, 0.1, 0.3])
+    freqs = SimpleNamespace(difference=diff, freq_correct=fired, freq_incorrect=torch.zeros(7),
+                            top=lambda k, toward: (diff if toward == "correct" else -diff).argsort(descending=True)[:k].tolist())
+    got = chosen_features(freqs, 3)
+    assert got["correct"] == [0, 3] and got["incorrect"] == [4, 1]  # dead or zero-difference features never
+    assert set(got["random live"]) == {5, 6}  # live, in neither list
+
+    model = si.load_model("tiny")
+    si.SteeringSet.from_tensors(model, {k: torch.full((model.cfg.d_model,), 0.05) for k in range(model.cfg.n_layers)}
+                                ).save(tmp_path / "vectors", model=model)
+    common = ["--model", "tiny", "--threads", "1", "--out", str(tmp_path), "--vectors", str(tmp_path / "vectors"),
+              "--samples", "2"]
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run("examples/diffsae/run.py", *common, "--layers", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run("examples/diffsae/ablate.py", *common, "--layer", "3", "--saes", str(tmp_path / "saes"), "--ks", "1,2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kl = pd.read_csv(tmp_path / "add1-layer3-ablation-kl.csv")
+    assert (kl[kl.variant == "steered"].effect_lost == 0).all() and (kl.effect_lost >= 0).all()
+    outcomes = pd.read_csv(tmp_path / "add1-layer3-ablation.csv")
+    assert {"base", "steered", "top-1"} <= set(outcomes.variant)
+    per_cell = outcomes.groupby(["kind", "variant", "mode"]).size()
+    assert per_cell.xs("greedy", level="mode").eq(40).all() and per_cell.xs("sampled", level="mode").eq(80).all()

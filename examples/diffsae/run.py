@@ -13,9 +13,7 @@
    gradient with the error term), and steer with features (steer_features.py): the top attributed
    feature added to the base model, the feature most tied to incorrect generations removed from the
    steered model, each at its typical contribution.
-6. Causal ablation inside the steered run (``sae.ablation_accuracy``): the last layer's top-k features
-   tied to correct and to incorrect generations, and k random live features as a control, removed from the
-   steered run's difference while decoding; accuracy on the held-out problems.
+6. ``ablate.py``: the causal ablation of the top features inside the steered run (KL share and accuracy).
 
     python examples/diffsae/run.py                  # about 10 minutes on 2 CPU threads
     python examples/diffsae/run.py --samples 2 --layers 15,29 --tag quick
@@ -53,7 +51,6 @@ def main():
     ap.add_argument("--no-dedupe", action="store_true", help="keep repeated rows (the earlier rule)")
     ap.add_argument("--batch-size", type=int, default=128,
                     help="SAE training batch (rows); add1's steered completions give only ~900 distinct rows a layer")
-    ap.add_argument("--ablate-k", default="1,3,10", help="top-k features ablated in the steered run")
     ap.add_argument("--reuse-saes", action="store_true", help="load results/saes/layerN instead of training")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
@@ -149,25 +146,6 @@ def main():
     summary["feature_steering"] = {"norms": norms, "table": ev.to_frame().to_dict(orient="records")}
     print(f"typical contribution norms {norms}")
     print(ev.to_frame().to_string(index=False))
-    # causal ablation: the top features of each kind removed from the steered run while decoding
-    import torch
-
-    ks = [int(x) for x in args.ablate_k.split(",")]
-    alive = torch.nonzero((freqs[last].freq_correct + freqs[last].freq_incorrect) > 0).flatten().tolist()
-    chosen = {"correct": freqs[last].top(max(ks), toward="correct"),
-              "incorrect": freqs[last].top(max(ks), toward="incorrect"),
-              "random live": [alive[i] for i in torch.randperm(len(alive), generator=torch.Generator().manual_seed(0))
-                              [: max(ks)].tolist()]}
-    ablations = []
-    for kind, features in chosen.items():
-        abl = S.ablation_accuracy(model, task, saes[last], features, steering=vecs, ks=ks, samples=2)
-        details = abl.evaluation.details()
-        ablations.append(details.drop(columns="completion").assign(features=kind,
-                                                                   feature_ids=" ".join(map(str, features))))
-        print(f"ablating {kind} features {features}: " + ", ".join(
-            f"{v} {abl.accuracy(v):.1%}" for v in ["steered"] + [f"top-{k}" for k in ks]))
-    pd.concat(ablations, ignore_index=True).to_csv(out / f"{args.tag}-layer{last}-ablation.csv", index=False)
-    summary["ablation"] = {k: v for k, v in chosen.items()}
     summary["protocol"] = {"rows": args.rows, "heldout_by": args.heldout_by, "dedupe": not args.no_dedupe,
                            "d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size}
     (out / f"{args.tag}-summary.json").write_text(json.dumps(summary, indent=1, default=float))
