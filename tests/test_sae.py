@@ -564,6 +564,16 @@ def test_suggest_d_sae_rule_and_auto_dictionary():
         S.train_diff_sae(acts, d_sae="big", batch_size=200)
 
 
+def test_passes_set_the_training_length():
+    acts = _planted(n=1000)
+    dsae = S.train_diff_sae(acts, d_sae=16, k=4, batch_size=200, passes=3)
+    n = 3 * dsae.data["train_rows"]
+    assert n <= dsae.training_tokens < n + 200  # whole batches of 200
+    assert S.train_diff_sae(acts, d_sae=16, k=4, batch_size=200, passes=3, training_tokens=400).training_tokens == 400
+    with pytest.raises(SteerInterpError, match="passes=0"):
+        S.train_diff_sae(acts, d_sae=16, k=4, batch_size=200, passes=0)
+
+
 # --- causal ablation of features in the steered run -----------------------------------------------------
 
 def _perfect_sae(d, hook="blocks.1.hook_resid_post"):

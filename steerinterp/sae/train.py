@@ -16,7 +16,8 @@ Defaults (the papers' recipe is not public; PAPER_NOTES section 4.6):
   on 20 batches of a separate stream and folded into the weights at the end, so the SAE takes raw
   differences;
 * FVU / L0 / dead latents on the held-out rows;
-* Adam at lr 3e-4, 1024 tokens per batch, ``training_tokens`` defaulting to 20 passes over the data.
+* Adam at lr 3e-4, 1024 tokens per batch, ``training_tokens`` defaulting to ``passes`` (20) passes over the
+  training rows; small, de-duplicated data (a few thousand rows) wants more passes to converge.
 
 Resuming: with ``checkpoint_dir`` and ``n_checkpoints``, sae-lens writes the SAE, its optimiser,
 schedules, firing statistics and the activation scaler; ``resume=True`` loads the newest one and
@@ -72,13 +73,15 @@ def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str 
                    heldout: float = 0.1, seed: int = 0, device: str = "cpu", dtype: str = "float32",
                    checkpoint_dir=None, n_checkpoints: int = 0, resume: bool = False,
                    dead_feature_window: int = 100, sae_kwargs: dict | None = None, model_name: str = "",
-                   rows: str = "all", dedupe: bool = True, heldout_by: str = "problem") -> DiffSAE:
+                   rows: str = "all", dedupe: bool = True, heldout_by: str = "problem", passes: int = 20) -> DiffSAE:
     """Train an SAE on the rows of ``source`` with sae-lens; see the module docstring for defaults.
 
     ``rows`` / ``dedupe`` / ``heldout`` / ``heldout_by`` choose the training and held-out rows
     (``sae.rows.training_rows``); ``dedupe=False, heldout_by="generation"`` is the earlier behaviour but
     for held-out rows equal to training rows, which are always left out. ``d_sae``: an int, None
     (4 x d_in) or ``"auto"`` (``suggest_d_sae`` of the distinct training rows and ``k``).
+
+    ``passes``: how many times the training rows are seen when ``training_tokens`` is not given.
 
     ``sae_kwargs`` go to the sae-lens training config (e.g. ``{"l1_coefficient": 5}`` for
     ``architecture="standard"``); ``k`` is used by the TopK-family architectures only.
@@ -115,7 +118,9 @@ def train_diff_sae(source: DiffActivations | ShardedDiffs, *, architecture: str 
         raise SteerInterpError(f"{n_train} training rows ({split.n_distinct} distinct {rows} rows of {split.n_rows}) are "
                                f"fewer than one batch of {batch_size}; collect more differences or lower batch_size")
     d_in = source.d_in
-    training_tokens = 20 * n_train if training_tokens is None else int(training_tokens)
+    if passes < 1:
+        raise SteerInterpError(f"passes={passes}; give at least 1 pass over the training rows")
+    training_tokens = passes * n_train if training_tokens is None else int(training_tokens)
     if training_tokens < batch_size:
         raise SteerInterpError(f"training_tokens={training_tokens} is less than one batch of {batch_size}")
 
