@@ -551,6 +551,48 @@ def t_sweep_seeds() -> str:
     return md_table(header, rows)
 
 
+def sws_layers() -> list[int]:
+    return sorted({layer for (v, layer, _m) in sws_outcomes() if v == "single layer"})
+
+
+@cache
+def sws_diff(layer: int, baseline: str, mode: str) -> tuple[float, float, float]:
+    """Single layer minus a baseline, paired by problem: (mean, 2.5%, 97.5%) of a bootstrap resampling training
+    seeds and problems (the baseline has no training seed: the same per-problem outcome is paired with each)."""
+    by, ref = sws_outcomes()[("single layer", layer, mode)], sws_outcomes()[(baseline, -1, mode)][-1]
+    problems = sorted(ref)
+    x = [np.array([np.mean(by[sd][p]) - np.mean(ref[p]) for p in problems]) for sd in sorted(by)]
+    lo, hi = boot_ci_seeds(x)
+    return float(np.mean(x)), lo, hi
+
+
+def sws_diff_cell(layer: int, baseline: str, mode: str) -> str:
+    m, lo, hi = sws_diff(layer, baseline, mode)
+    return f"{sgn(100 * m, 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
+
+
+def t_sweep_vs_baselines() -> str:
+    rows = [[f"layer {layer}"] + [sws_diff_cell(layer, b, m) for b in ("base", SW_BASELINES[1]) for m in ("greedy", "sampled")]
+            for layer in sws_layers()]
+    k = J(f"{SWS}/info.json")["samples"]
+    return md_table(["single layer (3 seeds)", "greedy - base", f"avg@{k} - base", "greedy - base with the format forced",
+                     f"avg@{k} - base with the format forced"], rows)
+
+
+def sws_count(baseline: str, mode: str, side: str) -> str:
+    """How many layers' paired interval against a baseline lies wholly above ("above") or below ("below") 0."""
+    d = [sws_diff(layer, baseline, mode) for layer in sws_layers()]
+    n = sum(lo > 0 for _, lo, _ in d) if side == "above" else sum(hi < 0 for _, _, hi in d)
+    return f"{n} of {len(d)}"
+
+
+def sws_layer_range(layers: list[int], mode: str) -> str:
+    """The range of the layers' accuracies (mean over training seeds and problems)."""
+    out = sws_outcomes()
+    return pct_range([np.mean([np.mean(v) for sd in out[("single layer", layer, mode)].values() for v in sd.values()])
+                      for layer in layers])
+
+
 # --- first_token_substitution ------------------------------------------------------------------------------
 
 FT = "first_token_substitution/results"
@@ -923,50 +965,70 @@ def cos_outcomes(mode: str = "greedy") -> tuple[list[int], list[str], dict[str, 
                               for v, by in d.items()}
 
 
-def cos_r(i: int, j: int, mode: str = "greedy", n: int = 2000) -> tuple[float, float, float, float]:
-    """R_ij = (acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j)) and its bootstrap 95% interval,
-    every accuracy recomputed on each resample of training seeds and problems (resamples where acc_all equals
-    the better single layer leave R undefined and are left out); plus acc_ij."""
+@cache
+def cos_pair_stats(i: int, j: int, mode: str = "greedy", n: int = 2000) -> dict[str, tuple[float, float, float]]:
+    """For the pair i + j: its accuracy, the gain over the better single layer, acc_ij - max(acc_i, acc_j), and
+    R_ij = gain / (acc_all - max(acc_i, acc_j)), each as (point, 2.5%, 97.5%) of a percentile bootstrap that
+    resamples training seeds and problems together and recomputes every accuracy, the better single layer
+    included, on each resample (resamples where acc_all equals the better single layer leave R undefined and
+    are left out)."""
     seeds_, problems, x = cos_outcomes(mode)
     pair, a, b, every = x[f"{i}+{j}"], x[f"{i}+{i}"], x[f"{j}+{j}"], x["all"]
 
-    def r_of(rows, cols):
+    def stats(rows, cols):
         sub = lambda m: m[np.ix_(rows, cols)].mean()
         best = max(sub(a), sub(b))
         denom = sub(every) - best
-        return (sub(pair) - best) / denom if abs(denom) > 1e-12 else np.nan
+        return sub(pair), sub(pair) - best, (sub(pair) - best) / denom if abs(denom) > 1e-12 else np.nan
 
     g = np.random.default_rng(0)
     rs, cs = g.integers(0, len(seeds_), size=(n, len(seeds_))), g.integers(0, len(problems), size=(n, len(problems)))
-    boot = np.array([r_of(r, c) for r, c in zip(rs, cs)])
-    point = r_of(np.arange(len(seeds_)), np.arange(len(problems)))
-    return point, float(np.nanpercentile(boot, 2.5)), float(np.nanpercentile(boot, 97.5)), float(pair.mean())
+    boot = np.array([stats(r, c) for r, c in zip(rs, cs)])
+    point = stats(np.arange(len(seeds_)), np.arange(len(problems)))
+    return {name: (float(point[k]), float(np.nanpercentile(boot[:, k], 2.5)), float(np.nanpercentile(boot[:, k], 97.5)))
+            for k, name in enumerate(("acc", "gain", "R"))}
 
 
-def cos_pairs() -> list[tuple[int, int]]:
-    layers = sorted({int(v.split("+")[0]) for v in cos_outcomes()[2] if "+" in v})
+def cos_pairs(mode: str = "greedy") -> list[tuple[int, int]]:
+    layers = sorted({int(v.split("+")[0]) for v in cos_outcomes(mode)[2] if "+" in v})
     return [(i, j) for k, i in enumerate(layers) for j in layers[k + 1:]]
 
 
-def t_comp_seeds() -> str:
-    seeds_, problems, x = cos_outcomes()
+def t_comp_seeds(mode: str = "greedy") -> str:
+    seeds_, problems, x = cos_outcomes(mode)
     rows = []
-    for i, j in sorted(cos_pairs(), key=lambda p: -np.nan_to_num(cos_r(*p)[0], nan=-9)):
-        r, lo, hi, acc = cos_r(i, j)
-        lo_ci, hi_ci = boot_ci_seeds(list(x[f"{i}+{j}"]))
+    for i, j in sorted(cos_pairs(mode), key=lambda p: -cos_pair_stats(*p, mode)["gain"][0]):
+        st = cos_pair_stats(i, j, mode)
+        acc, gain, r = st["acc"], st["gain"], st["R"]
         best = max(x[f"{i}+{i}"].mean(), x[f"{j}+{j}"].mean())
-        rows.append([f"{i} + {j}", f"{pct(acc)} [{pct_n(lo_ci)}, {pct_n(hi_ci)}]", pct(best),
-                     "undefined" if r != r else f"{f(r)} [{f(lo)}, {f(hi)}]"])
-    header = ["pair", f"greedy (n = {len(problems)}, {len(seeds_)} training seeds) [95% CI]",
-              "better single layer", "R [95% CI]"]
+        rows.append([f"{i} + {j}", f"{pct(acc[0])} [{pct_n(acc[1])}, {pct_n(acc[2])}]", pct(best),
+                     f"{sgn(100 * gain[0], 1)} [{sgn(100 * gain[1], 1)}, {sgn(100 * gain[2], 1)}]",
+                     "undefined" if r[0] != r[0] else f"{f(r[0])} [{f(r[1])}, {f(r[2])}]"])
+    layers = sorted({i for pair in cos_pairs(mode) for i in pair})
+    for v, label in [(f"{i}+{i}", f"{i} alone") for i in layers] + [("all", "all 30 layers (reference for R)"),
+                                                                    ("base", "base")]:
+        lo, hi = boot_ci_seeds(list(x[v]))
+        rows.append([label, f"{pct(x[v].mean())} [{pct_n(lo)}, {pct_n(hi)}]", "", "", ""])
+    what = "greedy" if mode == "greedy" else f"sampled avg@{cos_info(mode)['samples']}"
+    header = ["pair", f"{what} (n = {len(problems)} problems x {len(seeds_)} training seeds) [95% CI]",
+              "better single layer", "pair - better single, points [95% CI]", "R [95% CI]"]
     return md_table(header, rows)
 
 
-def cos_counts() -> str:
-    """How many pairs have an R interval wholly above 0, wholly below 0, or across 0."""
-    rs = [cos_r(i, j) for i, j in cos_pairs()]
-    up, down = sum(lo > 0 for _, lo, _, _ in rs), sum(hi < 0 for _, _, hi, _ in rs)
-    return f"{up} of {len(rs)} above 0, {down} below 0, {len(rs) - up - down} across 0"
+def cos_info(mode: str) -> dict:
+    return J(f"{COS}/pairs_{mode}.json")
+
+
+def cos_counts(mode: str = "greedy", key: str = "gain") -> str:
+    """How many pairs have a gain (or R) interval wholly above 0, wholly below 0, or across 0."""
+    st = [cos_pair_stats(i, j, mode)[key] for i, j in cos_pairs(mode)]
+    up, down = sum(lo > 0 for _, lo, _ in st), sum(hi < 0 for _, _, hi in st)
+    return f"{up} of {len(st)} above 0, {down} below 0, {len(st) - up - down} across 0"
+
+
+def cos_single_range(mode: str) -> str:
+    x = cos_outcomes(mode)[2]
+    return pct_range([x[f"{i}+{i}"].mean() for i in sorted({i for p in cos_pairs(mode) for i in p})])
 
 
 def comp(mode: str) -> dict[tuple[int, int], dict]:
@@ -1179,18 +1241,24 @@ def sae_gens() -> list[dict]:
     return C(f"{SA}/add1-generations.csv")
 
 
-def sae_quality() -> list[dict]:
-    return [r for r in C(f"{SA}/add1-sae-quality.csv") if r["split"] == "heldout"]
+def sae_quality(split: str = "heldout") -> list[dict]:
+    return [r for r in C(f"{SA}/add1-sae-quality.csv") if r["split"] == split]
+
+
+def sae_rows(split: str) -> int:
+    """Distinct difference rows per layer the SAEs were trained on ("train") or measured on ("heldout")."""
+    return round(float(sae_quality(split)[0]["n_rows"]))
 
 
 def t_sae_quality() -> str:
     rows = []
-    for r in sae_quality():
-        rows.append([r["layer"], f(float(r["mean_delta_norm"]), 1), f(float(r["fvu"]), 3), f(float(r["l0"]), 0),
-                     f"{round(float(r['dead']))} / {round(float(r['d_sae']))}", thousands(float(r["tokens_per_s"]))])
-    n = round(float(sae_quality()[0]["n_rows"]))
-    return md_table(["layer", "mean \\|delta\\|", f"FVU (held out, {thousands(n)} rows)", "L0", "dead latents",
-                     "training tokens/s"], rows)
+    for tr, ho in zip(sae_quality("train"), sae_quality("heldout")):
+        rows.append([ho["layer"], f(float(ho["mean_delta_norm"]), 1), f(float(tr["fvu"]), 3), f(float(ho["fvu"]), 3),
+                     f(float(ho["l0"]), 0), f"{round(float(tr['dead']))} / {round(float(tr['d_sae']))}",
+                     thousands(float(ho["tokens_per_s"]))])
+    return md_table(["layer", "mean \\|delta\\|", f"FVU train ({thousands(sae_rows('train'))} rows)",
+                     f"FVU held out ({thousands(sae_rows('heldout'))} rows, other problems)", "L0",
+                     "dead latents (train)", "training tokens/s"], rows)
 
 
 def sae_top(layer: int) -> dict:
@@ -1252,25 +1320,91 @@ def sae_pos_diff() -> str:
     return f"{sgn(min(d))} to {sgn(max(d))}"
 
 
+def sae_feature(role: str) -> str:
+    """The layer-29 feature the steering table reads: "pos" = top positive attribution (added), "neg" = the
+    feature most tied to incorrect generations (removed from the steered run)."""
+    rows = C(f"{SA}/add1-layer29-feature-steering.csv")
+    sign = "+" if role == "pos" else "-"
+    return next(re.fullmatch(rf".* \{sign} feature (\d+)", r["variant"]).group(1) for r in rows
+                if re.fullmatch(rf".* \{sign} feature \d+", r["variant"]))
+
+
 def t_sae_steer() -> str:
     rows = C(f"{SA}/add1-layer29-feature-steering.csv")
     k = rows[0]["k"]
-    label = {"vectors": "all-layer vectors", "base + feature 963": "base + feature 963 (top positive attribution)",
-             "vectors - feature 1911": "vectors - feature 1911 (most tied to incorrect)"}
+    pos, neg = sae_feature("pos"), sae_feature("neg")
+    if pos != str(sae_summary()["attribution"]["top_positive"]) or neg != sae_top(29)["feature"]:
+        raise ValueError(f"{SA}: feature-steering features {pos}/{neg} are not the summary's top positive "
+                         f"attribution / layer-29 top feature: rerun examples/diffsae/run.py")
+    label = {"vectors": "all-layer vectors", f"base + feature {pos}": f"base + feature {pos} (top positive attribution)",
+             f"vectors - feature {neg}": f"vectors - feature {neg} (most tied to incorrect)"}
     out = [[label.get(r["variant"], r["variant"]), pct(float(r["greedy_acc"])),
             f"{pct(float(r['sampled_acc']))} (SD {pct_n(float(r['sampled_acc_std']))})"] for r in rows]
     header = ["variant", f"greedy (n = {rows[0]['n_problems']})", f"sampled avg@{k} (SD over the {k} sampling seeds)"]
     return md_table(header, out)
 
 
-def sae_963_samples() -> str:
-    a, b = sae_steer("vectors + feature 963"), sae_steer("vectors")
+def sae_pos_samples() -> str:
+    a, b = sae_steer(f"vectors + feature {sae_feature('pos')}"), sae_steer("vectors")
     n = int(a["n_problems"]) * int(a["k"])
     return f"{round((float(a['sampled_acc']) - float(b['sampled_acc'])) * n)} of the {n} samples"
 
 
 def sae_steer(variant: str) -> dict:
     return next(r for r in C(f"{SA}/add1-layer29-feature-steering.csv") if r["variant"] == variant)
+
+
+SAB = f"{SA}/add1-layer29-ablation"
+
+
+def sae_ablation_outcomes() -> dict[tuple[str, str, str], dict[str, float]]:
+    """(kind, variant, mode) -> problem -> mean correctness over that mode's completions (greedy: 1; sampled: 2)."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in C(f"{SAB}.csv"):
+        acc[(r["kind"], r["variant"], r["mode"])][r["problem"]].append(r["correct"] == "True")
+    return {key: {p: float(np.mean(v)) for p, v in by.items()} for key, by in acc.items()}
+
+
+def sae_abl_cell(kind: str, variant: str, mode: str) -> str:
+    pp = sae_ablation_outcomes()[(kind, variant, mode)]
+    x = np.array([pp[p] for p in sorted(pp)])
+    lo, hi = boot_ci(x)
+    return f"{pct(x.mean())} [{pct_n(lo)}, {pct_n(hi)}]"
+
+
+def sae_abl_delta(kind: str, variant: str, mode: str = "greedy") -> str:
+    """Change against the steered run, in points, paired by problem, with its bootstrap interval."""
+    out = sae_ablation_outcomes()
+    a, b = out[(kind, variant, mode)], out[(kind, "steered", mode)]
+    d = np.array([a[p] - b[p] for p in sorted(a)])
+    lo, hi = boot_ci(d)
+    return f"{sgn(100 * d.mean(), 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
+
+
+def sae_abl_info() -> dict:
+    info = J(f"{SAB}.json")
+    d_sae = round(float(sae_quality()[-1]["d_sae"]))
+    if any(f >= d_sae for fs in info["features"].values() for f in fs):
+        raise ValueError(f"{SAB}.json names features beyond the layer-29 SAE's {d_sae}: rerun examples/diffsae/ablate.py")
+    return info
+
+
+def t_sae_ablation() -> str:
+    info, kl = sae_abl_info(), C(f"{SAB}-kl.csv")
+    first = next(iter(info["features"]))
+    rows = [["base (no steering)", "", sae_abl_cell(first, "base", "greedy"), "", sae_abl_cell(first, "base", "sampled"), "1"],
+            ["steered", "", sae_abl_cell(first, "steered", "greedy"), "", sae_abl_cell(first, "steered", "sampled"), "0"]]
+    for kind, feats in info["features"].items():
+        for k in [k for k in info["ks"] if k <= len(feats)]:
+            v = f"top-{k}"
+            lost = next(float(r["effect_lost"]) for r in kl if r["kind"] == kind and r["variant"] == v)
+            rows.append([f"steered - {k} {kind} feature{'s' if k > 1 else ''}", ", ".join(map(str, feats[:k])),
+                         sae_abl_cell(kind, v, "greedy"), sae_abl_delta(kind, v), sae_abl_cell(kind, v, "sampled"),
+                         f(lost, 3)])
+    n = len(sae_ablation_outcomes()[(first, "steered", "greedy")])
+    return md_table(["variant", "features removed at layer 29", f"greedy (n = {n} problems) [95% CI]",
+                     "change vs steered, points [95% CI]", "sampled avg@2 [95% CI]",
+                     f"KL share of the effect lost ({info['generations']} generations)"], rows)
 
 
 # --- last_layer_token_vector -------------------------------------------------------------------------------
@@ -1429,10 +1563,14 @@ TABLES: dict[str, Callable[[], str]] = {
     "penultimate_patching.effect_lost": t_pp_lost,
     "persistence.matrix": t_pers,
     "composition.pairs": t_comp,
+    "composition.seeds_greedy": t_comp_seeds,
+    "single_layer_sweep.seeds": t_sweep_seeds,
+    "single_layer_sweep.vs_baselines": t_sweep_vs_baselines,
     "transfer.grid": t_tr,
     "diffsae.quality": t_sae_quality,
     "diffsae.frequencies": t_sae_freq,
     "diffsae.feature_steering": t_sae_steer,
+    "diffsae.ablation": t_sae_ablation,
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
     "bench.precision_peaks": t_precision_peaks,
@@ -1616,6 +1754,23 @@ V: dict[str, Callable[[], str]] = {
     "comp.all_steps": lambda: str(J(ADD1_60)["steps"]),
     "comp.base": lambda: f"{pct(J(ADD1)['base']['greedy_acc'])} greedy / {pct(J(ADD1)['base']['sampled_acc'])} sampled",
     "comp.mid_r": comp_mid_r,
+    "sws.greedy_above_base": lambda: sws_count("base", "greedy", "above"),
+    "sws.sampled_above_base": lambda: sws_count("base", "sampled", "above"),
+    "sws.greedy_above_format": lambda: sws_count(SW_BASELINES[1], "greedy", "above"),
+    "sws.greedy_below_format": lambda: sws_count(SW_BASELINES[1], "greedy", "below"),
+    "sws.sampled_above_format": lambda: sws_count(SW_BASELINES[1], "sampled", "above"),
+    "sws.sampled_below_format": lambda: sws_count(SW_BASELINES[1], "sampled", "below"),
+    "sws.format_greedy": lambda: sws_cell(SW_BASELINES[1], -1, "greedy"),
+    "sws.format_sampled": lambda: sws_cell(SW_BASELINES[1], -1, "sampled"),
+    "sws.long_greedy": lambda: sws_cell(SW_BASELINES[2], -1, "greedy"),
+    "sws.sampled_mid": lambda: sws_layer_range([10, 14, 20], "sampled"),
+    "sws.sampled_late": lambda: sws_layer_range([25, 28, 29], "sampled"),
+    "sws.base_greedy": lambda: pct(np.mean([v for vs in sws_outcomes()[("base", -1, "greedy")][-1].values() for v in vs])),
+    "sws.greedy_range": lambda: sws_layer_range(sws_layers(), "greedy"),
+    "sws.sampled_range": lambda: sws_layer_range(sws_layers(), "sampled"),
+    "comp.s.gain_greedy": lambda: cos_counts("greedy"),
+    "comp.s.single_greedy": lambda: cos_single_range("greedy"),
+    "comp.s.all_greedy": lambda: pct(cos_outcomes("greedy")[2]["all"].mean()),
     "comp.late_r": lambda: pair(f(float(comp("greedy")[28, 29]["R"])), f(float(comp("sampled")[28, 29]["R"]))),
     "comp.best": lambda: f"{pct(s0(ADD1_60)['greedy_acc'], 0)} vs {pct(comp_best('greedy'))} greedy, "
                          f"{pct(s0(ADD1_60)['sampled_acc'], 0)} vs {pct(comp_best('sampled'), 0)} sampled",
@@ -1665,29 +1820,39 @@ V: dict[str, Callable[[], str]] = {
     "sae.acc": lambda: pct(sae_summary()["accuracy"]),
     "sae.counts": lambda: (lambda c: f"{c[0]} vs {c[1]}")(sae_counts()),
     "sae.errors": sae_errors,
-    "sae.rows": lambda: thousands(sum(float(r["n_rows"]) for r in C(f"{SA}/add1-sae-quality.csv") if r["layer"] == "29")),
+    "sae.rows": lambda: thousands(float(sae_quality()[0]["distinct_rows"])),
+    "sae.n_train": lambda: thousands(sae_rows("train")),
+    "sae.n_heldout": lambda: thousands(sae_rows("heldout")),
+    "sae.fvu_train": lambda: pct_range([float(r["fvu"]) for r in sae_quality("train")]),
     "sae.fvu": lambda: pct_range([float(r["fvu"]) for r in sae_quality()]),
-    "sae.dead": lambda: pct_range([float(r["dead_fraction"]) for r in sae_quality()], 0),
+    "sae.dead": lambda: pct_range([float(r["dead_fraction"]) for r in sae_quality("train")], 0),
     "sae.growth": lambda: f"{round(float(sae_quality()[-1]['mean_delta_norm']) / float(sae_quality()[0]['mean_delta_norm']))}x",
     "sae.sig_fisher": lambda: sae_sig_range("significant_features"),
     "sae.sig_within": lambda: sae_sig_range("significant_within_problems"),
     "sae.pos_diff": sae_pos_diff,
     "sae.survive_layers": lambda: join_and([str(x) for x in sae_survivors()[0]]),
     "sae.survive_q": lambda: f"{sci(min(sae_survivors()[2]), 0)} to {sci(max(sae_survivors()[2]), 0)}",
-    "sae.drop": lambda: "; ".join(f"layer {layer}'s does not (q = {sci(sae_within_q(layer, sae_top(layer)['feature']))})"
-                                  for layer in sae_survivors()[1]),
+    "sae.drop": lambda: (lambda drop: f"the top feature{'s' if len(drop) > 1 else ''} of layer{'s' if len(drop) > 1 else ''} "
+                         f"{join_and([str(x) for x in drop])} do{'' if len(drop) > 1 else 'es'} not (q = "
+                         + ", ".join(sci(sae_within_q(x, sae_top(x)['feature'])) for x in drop) + ")")(sae_survivors()[1]),
     "sae.splice": lambda: sci(sae_summary()["attribution"]["output_change"]),
     "sae.attr": lambda: (lambda a: f"features {f(a['features'], 1)}, reference {sgn(a['reference'], 1)}, "
                                    f"error {f(a['error'], 1)}, bias {f(a['bias'], 1)}")(sae_summary()["attribution"]),
     "sae.top_pos": lambda: str(sae_summary()["attribution"]["top_positive"]),
     "sae.top_neg": lambda: ", ".join(map(str, sae_summary()["attribution"]["top"][:3])),
-    "sae.norm963": lambda: f(sae_summary()["feature_steering"]["norms"]["963"], 1),
-    "sae.norm1911": lambda: f(sae_summary()["feature_steering"]["norms"]["1911"], 1),
+    "sae.feat_pos": lambda: sae_feature("pos"),
+    "sae.feat_neg": lambda: sae_feature("neg"),
+    "sae.norm_pos": lambda: f(sae_summary()["feature_steering"]["norms"][sae_feature("pos")], 1),
+    "sae.norm_neg": lambda: f(sae_summary()["feature_steering"]["norms"][sae_feature("neg")], 1),
     "sae.vec_norm29": lambda: f(norms(SHIPPED)[-1]),
     "sae.delta29": lambda: f(float(sae_quality()[-1]["mean_delta_norm"]), 0),
-    "sae.963_gain": lambda: _round(100 * (float(sae_steer("vectors + feature 963")["sampled_acc"])
+    "sae.pos_gain": lambda: _round(100 * (float(sae_steer(f"vectors + feature {sae_feature('pos')}")["sampled_acc"])
                                           - float(sae_steer("vectors")["sampled_acc"])), 1),
-    "sae.963_samples": sae_963_samples,
+    "sae.pos_samples": sae_pos_samples,
+    "sae.abl_max_lost": lambda: f(max(float(r["effect_lost"]) for r in C(f"{SAB}-kl.csv")
+                                      if r["variant"].startswith("top-") and r["kind"] != "random live"), 3),
+    "sae.abl_random_lost": lambda: f(max(float(r["effect_lost"]) for r in C(f"{SAB}-kl.csv")
+                                         if r["variant"].startswith("top-") and r["kind"] == "random live"), 3),
     "sae.tokens_s": lambda: rng(min(float(r["tokens_per_s"]) for r in sae_quality()),
                                 max(float(r["tokens_per_s"]) for r in sae_quality()), thousands),
     # last_layer_token_vector

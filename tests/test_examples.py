@@ -1,6 +1,7 @@
 """Every example script imports and parses its flags on the current layout (their full runs take minutes on the
 embedded model; tests/test_notebooks.py runs the notebooks end to end)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,17 @@ def test_diffsae_ablation_chooses_features_by_sign_and_runs(tmp_path):
     assert {"base", "steered", "top-1"} <= set(outcomes.variant)
     per_cell = outcomes.groupby(["kind", "variant", "mode"]).size()
     assert per_cell.xs("greedy", level="mode").eq(40).all() and per_cell.xs("sampled", level="mode").eq(80).all()
+
+
+def test_a_library_error_ends_an_example_in_one_line(tmp_path):
+    """A SteerInterpError that ends an example prints as ``PROG: error: MESSAGE`` with exit status 2, no traceback;
+    STEERINTERP_TRACEBACK=1 brings the traceback back."""
+    argv = [sys.executable, "examples/logit_lens/run.py", "--model", "tiny", "--threads", "1", "--out", str(tmp_path),
+            "--vectors", str(tmp_path / "no-such-vectors")]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.py: error: ") and "no-such-vectors" in lines[0], proc.stderr
+    env = {**os.environ, "STEERINTERP_TRACEBACK": "1"}
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +44,35 @@ class Example:
 
 
 def start_example(parser: argparse.ArgumentParser, argv=None, *, load_model: bool = True) -> Example:
-    """Parse the flags, set torch's threads, create ``--out``, and load ``--model`` (unless told not to)."""
+    """Parse the flags, set torch's threads, create ``--out``, and load ``--model`` (unless told not to).
+
+    From here on a ``SteerInterpError`` that ends the script prints as its one-line message (``one_line_errors``).
+    """
     import torch
 
     from steerinterp.models import load_model as load
 
     args = parser.parse_args(argv)
+    one_line_errors(parser.prog)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return Example(args, out, load(args.model, dtype=args.dtype) if load_model else None)
+
+
+def one_line_errors(prog: str) -> None:
+    """Make a ``SteerInterpError`` that ends the script print as ``PROG: error: MESSAGE`` (exit status 2, the
+    message names the problem and the fix) instead of a traceback; any other exception keeps its traceback, and
+    ``STEERINTERP_TRACEBACK=1`` keeps it for these too."""
+    from steerinterp.errors import SteerInterpError
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, SteerInterpError) and not os.environ.get("STEERINTERP_TRACEBACK"):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            sys.exit(2)  # an exit from the hook ends the interpreter with this status
+        sys.__excepthook__(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def train_resumably(model, task, runs: Mapping[Path, Any], *, progress: bool = True) -> list[Path]:
