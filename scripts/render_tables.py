@@ -885,15 +885,21 @@ def pei_samples() -> dict[tuple[int, int], dict[int, dict[int, tuple[float, floa
     return d
 
 
-def pei_cell(steered: int, observed: list[int], metric: int) -> str:
+@cache
+def pei_stat(steered: int, observed: tuple[int, ...], metric: int) -> tuple[float, float, float]:
     """A metric (0 Diff-Vector, 1 Diff-Diff) averaged over the observed layers, per completion, then over
-    completions and training seeds [bootstrap 95% CI resampling both]."""
+    completions and training seeds: (mean, 2.5%, 97.5%) of a bootstrap resampling both."""
     cells = [pei_samples()[(steered, o)] for o in observed]
     seeds_ = sorted(cells[0])
     samples = sorted(cells[0][seeds_[0]])
     x = [np.array([np.nanmean([c[sd][k][metric] for c in cells]) for k in samples]) for sd in seeds_]
     lo, hi = boot_ci_seeds(x)
-    return f"{f(np.nanmean(x))} [{f(lo)}, {f(hi)}]"
+    return float(np.nanmean(x)), lo, hi
+
+
+def pei_cell(steered: int, observed: list[int], metric: int) -> str:
+    m, lo, hi = pei_stat(steered, tuple(observed), metric)
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
 
 
 def t_pers_independent() -> str:
@@ -909,6 +915,26 @@ def t_pers_independent() -> str:
     header = ["steered layer (vector trained alone)", "Diff-Diff one layer later", f"Diff-Diff at layer {last}",
               "Diff-Vector with the next trained layer's vector", "Diff-Vector, mean over later trained layers"]
     return md_table(header, rows)
+
+
+def pei_range(metric: int, which: str, steered: tuple[int, ...] | None = None) -> str:
+    """Over the steered layers (all that have a later one, or ``steered``): Diff-Diff at the last layer ("last") or
+    Diff-Vector averaged over the later trained layers ("later")."""
+    layers = J(f"{PEI}/info.json")["layers"]
+    last = max(o for _, o in pei_samples())
+    vals = [pei_stat(layer, (last,) if which == "last" else tuple(layers[k + 1:]), metric)[0]
+            for k, layer in enumerate(layers) if layer < last and (steered is None or layer in steered)]
+    return rng(min(vals), max(vals))
+
+
+def pei_dd_over_dv() -> str:
+    """Steered layers whose Diff-Diff at the last layer exceeds their Diff-Vector mean over the later trained layers,
+    interval against interval (the lower end of the one above the upper end of the other)."""
+    layers = J(f"{PEI}/info.json")["layers"]
+    last = max(o for _, o in pei_samples())
+    ok = [pei_stat(layer, (last,), 1)[1] > pei_stat(layer, tuple(layers[k + 1:]), 0)[2]
+          for k, layer in enumerate(layers) if layer < last]
+    return f"{sum(ok)} of {len(ok)}"
 
 
 PERS_OFFSETS = (1, 2, 5, 10, 20, 29)
@@ -1564,7 +1590,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "persistence.matrix": t_pers,
     "composition.pairs": t_comp,
     "composition.seeds_greedy": t_comp_seeds,
+    "composition.seeds_sampled": lambda: t_comp_seeds("sampled"),
     "single_layer_sweep.seeds": t_sweep_seeds,
+    "persistence.independent": t_pers_independent,
     "single_layer_sweep.vs_baselines": t_sweep_vs_baselines,
     "transfer.grid": t_tr,
     "diffsae.quality": t_sae_quality,
@@ -1742,9 +1770,6 @@ V: dict[str, Callable[[], str]] = {
     # persistence
     "pers.tokens": lambda: str(pers_tokens()),
     "pers.dv1": lambda: f(pers_mean(1, "diff_vector")),
-    "pers.dd1": lambda: f(pers_mean(1, "diff_diff")),
-    "pers.dd29": lambda: f(pers_mean(29, "diff_diff")),
-    "pers.dv29": lambda: f(pers_mean(29, "diff_vector")),
     "pers.l0_norm": lambda: f(float(pers_row(0, 0)["delta_norm"])),
     "pers.l0_final": lambda: f(float(pers_row(0, 29)["delta_norm"]), 0),
     "pers.l25_final": lambda: f(float(pers_row(25, 29)["delta_norm"]), 1),
@@ -1754,6 +1779,11 @@ V: dict[str, Callable[[], str]] = {
     "comp.all_steps": lambda: str(J(ADD1_60)["steps"]),
     "comp.base": lambda: f"{pct(J(ADD1)['base']['greedy_acc'])} greedy / {pct(J(ADD1)['base']['sampled_acc'])} sampled",
     "comp.mid_r": comp_mid_r,
+    "pei.problems": lambda: str(J(f"{PEI}/info.json")["problems"]),
+    "pei.dd_last": lambda: pei_range(1, "last"),
+    "pei.dv_early": lambda: pei_range(0, "later", (0, 5, 10, 14, 20)),
+    "pei.dv_late": lambda: pei_range(0, "later", (25, 28)),
+    "pei.dd_over_dv": pei_dd_over_dv,
     "sws.greedy_above_base": lambda: sws_count("base", "greedy", "above"),
     "sws.sampled_above_base": lambda: sws_count("base", "sampled", "above"),
     "sws.greedy_above_format": lambda: sws_count(SW_BASELINES[1], "greedy", "above"),
@@ -1771,6 +1801,14 @@ V: dict[str, Callable[[], str]] = {
     "comp.s.gain_greedy": lambda: cos_counts("greedy"),
     "comp.s.single_greedy": lambda: cos_single_range("greedy"),
     "comp.s.all_greedy": lambda: pct(cos_outcomes("greedy")[2]["all"].mean()),
+    "comp.s.gain_sampled": lambda: cos_counts("sampled"),
+    "comp.s.single_sampled": lambda: cos_single_range("sampled"),
+    "comp.s.all_sampled": lambda: pct(cos_outcomes("sampled")[2]["all"].mean()),
+    "comp.s.positive_sampled": lambda: (lambda g: f"{sum(v > 0 for v in g)} of {len(g)}")(
+        [cos_pair_stats(i, j, "sampled")["gain"][0] for i, j in cos_pairs("sampled")]),
+    "comp.s.best_r_sampled": lambda: (lambda r: f"{f(r[0])} [{f(r[1])}, {f(r[2])}]")(
+        max((cos_pair_stats(i, j, "sampled")["R"] for i, j in cos_pairs("sampled")), key=lambda r: r[0])),
+    "comp.s.samples": lambda: str(cos_info("sampled")["samples"]),
     "comp.late_r": lambda: pair(f(float(comp("greedy")[28, 29]["R"])), f(float(comp("sampled")[28, 29]["R"]))),
     "comp.best": lambda: f"{pct(s0(ADD1_60)['greedy_acc'], 0)} vs {pct(comp_best('greedy'))} greedy, "
                          f"{pct(s0(ADD1_60)['sampled_acc'], 0)} vs {pct(comp_best('sampled'), 0)} sampled",
