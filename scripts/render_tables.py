@@ -1383,6 +1383,7 @@ def sae_steer(variant: str) -> dict:
 SAB = f"{SA}/add1-layer29-ablation"
 
 
+@cache
 def sae_ablation_outcomes() -> dict[tuple[str, str, str], dict[str, float]]:
     """(kind, variant, mode) -> problem -> mean correctness over that mode's completions (greedy: 1; sampled: 2)."""
     acc = defaultdict(lambda: defaultdict(list))
