@@ -121,6 +121,11 @@ def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     assert len(cells) == 2 * 3 * 2 and (cells == 40).all()  # 2 recipients x (unsteered + 2 donors) x 2 decodings
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)  # a re-run resumes: no training
     assert proc.returncode == 0 and pd.read_csv(root / "transfer.csv").equals(rows)
+    proc = subprocess.run([*argv, "--seeds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # another seed (another process may take it) adds its own rows
+    both = pd.read_csv(root / "transfer.csv")
+    assert sorted(both.train_seed.unique()) == [0, 1]
+    assert both[both.train_seed == 0].reset_index(drop=True).equals(rows)
 
 
 def test_diffsae_ablation_chooses_features_by_sign_and_runs(tmp_path):

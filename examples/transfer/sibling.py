@@ -6,8 +6,9 @@ level (``--sibling-task``, default two-digit subtraction), which changes every w
 add1. Then, for each training seed, the same add1 vector training (all layers, ``--steps`` RLOO steps, lr 3e-3:
 equal budgets) runs on the base model and on the sibling, and each set is evaluated on both models, greedy and
 sampled, on every held-out add1 problem. All training runs are resumable run directories under
-``results/sibling/``; the transfer outcomes go to ``results/sibling/transfer.csv`` (one row per seed,
-recipient, donor, decoding and problem) for intervals in ``scripts/render_tables.py``.
+``results/sibling/``; each seed's transfer outcomes go to ``results/sibling/transfer-seedS.csv`` and all of them
+to ``results/sibling/transfer.csv`` (one row per seed, recipient, donor, decoding and problem) for intervals in
+``scripts/render_tables.py``. Separate processes may take separate seeds.
 
     python examples/transfer/sibling.py                       # fine-tune (~10 steps), then 2 x 40-step vector runs
     python examples/transfer/sibling.py --seeds 0 1 2         # the protocol's three seeds (re-run to resume)
@@ -53,25 +54,35 @@ def main():
     sibling = load_finetuned(RunDir(finetune).final_dir, base=args.model, dtype=args.dtype)
     models = {"base": base, "sibling": sibling}
     task = load_task("arithmetic:add1")
-    for name, model in models.items():
-        train_resumably(model, task, {root / f"vectors-{name}-seed{seed}": TrainConfig(steps=args.steps, lr=3e-3, seed=seed)
-                                      for seed in args.seeds})
-    frames = []
+    twins = commuted_twin_in_training(task)
     for seed in args.seeds:
-        vectors = {name: si.SteeringSet.load(RunDir(root / f"vectors-{name}-seed{seed}").vectors_path(), model=model)
+        # seed by seed (train on both models, then evaluate), each seed's outcomes in their own file: separate
+        # processes can take separate seeds, and a re-run skips what is done
+        out = root / f"transfer-seed{seed}.csv"
+        runs = {name: root / f"vectors-{name}-seed{seed}" for name in models}
+        for name, model in models.items():
+            train_resumably(model, task, {runs[name]: TrainConfig(steps=args.steps, lr=3e-3, seed=seed)})
+        if out.exists():
+            continue
+        vectors = {name: si.SteeringSet.load(RunDir(runs[name]).vectors_path(), model=model)
                    for name, model in models.items()}
+        frames = []
         for mode in ("greedy", "sampled"):
             grid = A.transfer_grid(models, vectors, task, mode=mode, samples=args.samples)
             frames.append(grid.per_problem.assign(train_seed=seed, mode=mode))
             print(f"seed {seed} {mode}:\n{grid.accuracy.round(3).to_string()}", flush=True)
-    rows = pd.concat(frames, ignore_index=True).rename(columns={"seed": "sample_seed"})
-    rows["correct"] = rows["correct"].astype(int)
-    rows["twin_in_training"] = rows["problem"].map(commuted_twin_in_training(task)).astype(int)
-    rows.to_csv(root / "transfer.csv", index=False)
+        rows = pd.concat(frames, ignore_index=True).rename(columns={"seed": "sample_seed"})
+        rows["correct"] = rows["correct"].astype(int)
+        rows["twin_in_training"] = rows["problem"].map(twins).astype(int)
+        rows.to_csv(out.with_suffix(".part"), index=False)
+        out.with_suffix(".part").replace(out)
+    done = sorted(root.glob("transfer-seed*.csv"))
+    pd.concat([pd.read_csv(f) for f in done], ignore_index=True).to_csv(root / "transfer.part", index=False)
+    (root / "transfer.part").replace(root / "transfer.csv")
     (root / "info.json").write_text(json.dumps({
         "task": "arithmetic:add1", "sibling": f"full RL fine-tuning on {args.sibling_task}, {args.sibling_steps} steps, "
-        f"lr {args.sibling_lr}", "vector_steps": args.steps, "training_seeds": args.seeds, "samples": args.samples},
-        indent=1))
+        f"lr {args.sibling_lr}", "vector_steps": args.steps, "samples": args.samples,
+        "training_seeds": sorted(int(f.stem.rpartition("seed")[2]) for f in done)}, indent=1))
 
 
 if __name__ == "__main__":
