@@ -338,3 +338,27 @@ def test_each_sample_is_verified_once(tiny, monkeypatch):
         monkeypatch.setattr(type(task), name, counting(name))
     Trainer(tiny, task, _cfg(steps=1, group_size=2, prompts_per_step=3), progress=False).train()
     assert calls == {"score": 6, "reward": 0, "is_correct": 0}
+
+
+def test_a_finished_run_is_recognised_without_its_write_lock(tiny, tmp_path):
+    """train_resumably leaves a finished run alone even while another process holds its lock (parallel protocol
+    scripts share a finished fine-tuning run); an unfinished, extended or different run is not 'finished'."""
+    from steerinterp.app.examples import train_resumably
+    from steerinterp.run_dir import RunDir
+
+    task = FirstTokenTask(_good_set(tiny))
+    path = tmp_path / "R"
+    assert not Trainer(tiny, task, _cfg(steps=2), path, progress=False).is_finished()  # nothing there yet
+    Trainer(tiny, task, _cfg(steps=2), path, progress=False).train(stop_after=1)
+    assert not Trainer(tiny, task, _cfg(steps=2), path, progress=False).is_finished()  # 1 of 2 steps
+    Trainer(tiny, task, _cfg(steps=2), path, progress=False).train(resume=True)
+    assert Trainer(tiny, task, _cfg(steps=2), path, progress=False).is_finished()
+    assert Trainer(tiny, task, _cfg(steps=2, micro_batch=1), path, progress=False).is_finished()  # may change
+    assert not Trainer(tiny, task, _cfg(steps=3), path, progress=False).is_finished()  # extended: train on
+    assert not Trainer(tiny, task, _cfg(steps=2, seed=5), path, progress=False).is_finished()
+    before = (path / "metrics.jsonl").read_text()
+    with RunDir(path).writing():  # another writer holds the lock
+        train_resumably(tiny, task, {path: _cfg(steps=2)}, progress=False)
+        with pytest.raises(SteerInterpError, match="being written by another run"):
+            train_resumably(tiny, task, {path: _cfg(steps=3)}, progress=False)
+    assert (path / "metrics.jsonl").read_text() == before

@@ -77,12 +77,15 @@ def one_line_errors(prog: str) -> None:
 
 def train_resumably(model, task, runs: Mapping[Path, Any], *, progress: bool = True) -> list[Path]:
     """Train each ``{run directory: TrainConfig}`` in order, each resuming exactly where it stopped (a finished
-    run is left as it is), so a long protocol (seeds x arms) can be split across sessions by re-running it."""
+    run is left as it is, without taking its write lock), so a long protocol (seeds x arms) can be split across
+    sessions by re-running it, and across processes that share finished runs."""
     from steerinterp.rl import Trainer
     from steerinterp.run_dir import RunDir
 
     for path, config in runs.items():
-        Trainer(model, task, config, RunDir(path), progress=progress).train(resume=True)
+        trainer = Trainer(model, task, config, RunDir(path), progress=progress)
+        if not trainer.is_finished():
+            trainer.train(resume=True)
     return list(runs)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -331,6 +332,21 @@ class Trainer:
         writing = self.run.writing() if self.run is not None and self.dist.is_main else contextlib.nullcontext()
         with writing:
             return self._train(resume, stop_after, overwrite)
+
+    def is_finished(self) -> bool:
+        """True when the output directory already holds this run trained to the end: the same config (up to the
+        fields a resumption may change), all ``config.steps`` steps in its metrics and the final result written.
+        Reads only (no write lock: other processes may be reading or training other runs); a run of another
+        task, verifier or model is refused as ``train(resume=True)`` would."""
+        run = self.run
+        if run is None or not run.holds_run() or not any(run.final_dir.glob("*.safetensors")):
+            return False
+        record = run.record()
+        self._check_same_run(record, task_digest(self.task), model_fingerprint(self.model))
+        mine = json.loads(json.dumps(self.config.to_dict()))
+        theirs = {k: v for k, v in (record.config or {}).items() if k != "trained"}
+        same = all(theirs.get(k) == v for k, v in mine.items() if k not in _RESUMABLE_CHANGES)
+        return same and theirs.get("steps") == self.config.steps and len(run.metrics()) == self.config.steps
 
     def _train(self, resume: bool, stop_after: int | None, overwrite: bool) -> TrainResult:
         cfg = self.config
