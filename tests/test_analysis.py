@@ -554,3 +554,32 @@ def test_batches_longer_than_the_context_are_a_clear_error(tiny):
     with pytest.raises(SteerInterpError, match=f"^{n_ctx + 1} tokens exceed the model's context of {n_ctx} \\(row 1 "):
         A.as_batch(grown, tiny)
     assert A.as_batch(grown) is grown  # without a model there is no context to check
+
+
+def test_weight_change_measures_the_distance_between_family_members(tiny):
+    """Exact identities on a copy of the tiny model: 0 for itself; one parameter moved by a known delta gives
+    that parameter's relative change, and the overall one recomputed by hand; other shapes are refused."""
+    import copy
+
+    from steerinterp.analysis import weight_change
+
+    same = weight_change(tiny, tiny)
+    assert same.relative == 0.0 and same.changed == []
+    other = copy.deepcopy(tiny)
+    name, p = next((n, p) for n, p in other.named_parameters() if p.ndim == 2)
+    delta = torch.randn_like(p) * 0.01
+    with torch.no_grad():
+        p.add_(delta)
+    res = weight_change(tiny, other)
+    assert res.changed == [name]
+    ref = dict(tiny.named_parameters())[name].double()
+    row = res.to_frame().set_index("parameter").loc[name]
+    assert row["change"] == pytest.approx(float(delta.double().norm()), rel=1e-5)
+    assert row["relative"] == pytest.approx(float(delta.double().norm() / ref.norm()), rel=1e-5)
+    total = sum(float(q.double().norm()) ** 2 for q in tiny.parameters()) ** 0.5
+    assert res.relative == pytest.approx(float(delta.double().norm()) / total, rel=1e-5)
+    assert res.plot().data[0].y is not None
+    with pytest.raises(SteerInterpError, match="same width"):
+        weight_change(tiny, si.load_model("tiny", tiny=si.TinyConfig(d_model=96, seed=1)))
+    with pytest.raises(SteerInterpError, match="same architecture"):
+        weight_change(tiny, si.load_model("tiny", tiny=si.TinyConfig(n_layers=tiny.cfg.n_layers + 1, seed=1)))

@@ -1,6 +1,7 @@
 """Every example script imports and parses its flags on the current layout (their full runs take minutes on the
 embedded model; tests/test_notebooks.py runs the notebooks end to end)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -116,6 +117,8 @@ def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     base, sibling = load_model("tiny"), load_finetuned(root / "finetune-arithmetic-sub2" / "final", base="tiny")
     changed = [n for n, p in sibling.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
     assert changed  # fine-tuned on sub2: a different model
+    info = json.loads((root / "info.json").read_text())
+    assert info["sibling_parameters_changed"][0] == len(changed) and info["sibling_relative_weight_change"] > 0
     rows = pd.read_csv(root / "transfer.csv")
     cells = rows.groupby(["recipient", "donor", "mode"]).problem.nunique()
     assert len(cells) == 2 * 3 * 2 and (cells == 40).all()  # 2 recipients x (unsteered + 2 donors) x 2 decodings

@@ -79,10 +79,13 @@ def main():
     done = sorted(root.glob("transfer-seed*.csv"))
     pd.concat([pd.read_csv(f) for f in done], ignore_index=True).to_csv(root / "transfer.part", index=False)
     (root / "transfer.part").replace(root / "transfer.csv")
+    distance = A.weight_change(base, sibling)  # how far apart the two family members are
     (root / "info.json").write_text(json.dumps({
         "task": "arithmetic:add1", "sibling": f"full RL fine-tuning on {args.sibling_task}, {args.sibling_steps} steps, "
         f"lr {args.sibling_lr}", "vector_steps": args.steps, "samples": args.samples,
-        "training_seeds": sorted(int(f.stem.rpartition("seed")[2]) for f in done)}, indent=1))
+        "training_seeds": sorted(int(f.stem.rpartition("seed")[2]) for f in done),
+        "sibling_relative_weight_change": distance.relative,
+        "sibling_parameters_changed": [len(distance.changed), len(distance.names)]}, indent=1))
 
 
 if __name__ == "__main__":

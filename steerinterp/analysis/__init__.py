@@ -37,6 +37,7 @@ from steerinterp.analysis.transfer import (
     transfer_vectors,
 )
 from steerinterp.analysis.vector_stats import VectorStats, vector_stats
+from steerinterp.analysis.weight_change import WeightChangeResult, weight_change
 
 __all__ = [
     # inputs
@@ -47,6 +48,7 @@ __all__ = [
     "persistence", "PersistenceResult", "language_shares", "LanguageResult", "token_script",
     "compose_pairs", "combine", "normalised_gain", "CompositionResult",
     "transfer_vectors", "transfer_grid", "TransferResult", "fit_residual_map", "fit_linear_map", "ResidualMap",
+    "weight_change", "WeightChangeResult",
     "adaptive_magnitudes", "AdaptiveMagnitudeResult",
     # analyses II: circuits
     "block_patching", "BlockPatchingResult", "Patch", "standard_patches",
