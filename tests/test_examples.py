@@ -73,7 +73,9 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     assert (per_variant == 40).all() and len(per_variant) == 3 * 2 + 3 * 2  # 3 baselines + 3 layers, greedy + sampled
     assert {"base, answer format forced", "base, 128 new tokens"} <= set(held.variant)
     assert held[(held.variant == "base") & (held["mode"] == "greedy")].twin_in_training.sum() == 19
-    assert len(pd.read_csv(tmp_path / "sweep" / "seeds" / "runs.csv")) == 3
+    assert len(pd.read_csv(tmp_path / "sweep" / "seeds" / "runs.csv")) == 3  # the single layers only
+    all_layers = si.SteeringSet.load(tmp_path / "sweep" / "runs" / "all-seed0" / "final", model=si.load_model("tiny"))
+    assert len(all_layers) == si.load_model("tiny").cfg.n_layers  # the equal-budget all-layer arm beside them
 
     model = si.load_model("tiny")
     si.SteeringSet.from_tensors(model, {k: torch.full((model.cfg.d_model,), 0.01) for k in range(model.cfg.n_layers)}
