@@ -17,7 +17,9 @@ its results:
     python scripts/render_tables.py --check    # exit 1 and show a diff if any would change
 
 Intervals: where a results file has one row per problem, tables give a percentile bootstrap 95% interval
-over problems (2,000 resamples, ``numpy.random.default_rng(0)``); nowhere else is an interval shown.
+over problems (2,000 resamples, ``numpy.random.default_rng(0)``); where it also has several training seeds,
+each resample draws seeds and problems (``boot_ci_seeds``, ``boot_stat_seeds``: differences and ratios are
+recomputed on each resample); nowhere else is an interval shown.
 "SD over sampling seeds" is the spread of one trained vector set's accuracy over the k sampling seeds of
 its avg@k evaluation, not a spread over training seeds.
 """
@@ -1118,6 +1120,82 @@ def tr_cos(lo: int, hi: int) -> str:
     return rng(min(c), max(c))
 
 
+TRS = f"{TR}/sibling"
+TRS_MODELS = {"base": "base model", "sibling": "sibling (full RL on sub2)"}
+
+
+@cache
+def trs_outcomes() -> dict[tuple[str, str, str], np.ndarray]:
+    """(recipient, donor, mode) -> accuracy [training seed, problem] (sampled: the mean over sampling seeds);
+    every cell must hold every seed's every problem."""
+    rows = C(f"{TRS}/transfer.csv")
+    seeds, problems = sorted({int(r["train_seed"]) for r in rows}), sorted({r["problem"] for r in rows})
+    d = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        d[(r["recipient"], r["donor"], r["mode"])][(int(r["train_seed"]), r["problem"])].append(float(r["correct"]))
+    return {k: np.array([[np.mean(v[(sd, p)]) for p in problems] for sd in seeds]) for k, v in d.items()}
+
+
+def boot_stat_seeds(arrays: list[np.ndarray], stat: Callable[..., float], n: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """``stat`` of the arrays' means, with its percentile bootstrap 95% interval: each resample draws training
+    seeds and problems as ``boot_ci_seeds`` does, the same draw for every array ([seed, problem], aligned), so
+    paired differences and ratios are recomputed on each resample."""
+    x = np.stack(arrays)
+    g = np.random.default_rng(seed)
+    rows, cols = g.integers(0, x.shape[1], size=(n, x.shape[1])), g.integers(0, x.shape[2], size=(n, x.shape[2]))
+    draws = np.array([stat(*x[:, r][:, :, c].mean(axis=(1, 2))) for r, c in zip(rows, cols)])
+    return float(stat(*x.mean(axis=(1, 2)))), float(np.nanpercentile(draws, 2.5)), float(np.nanpercentile(draws, 97.5))
+
+
+def trs_normalised(none: float, own: float, other: float) -> float:
+    """The papers' normalised transfer, (acc_transfer - acc_base) / (acc_own - acc_base); NaN at a 0 denominator."""
+    return (other - none) / (own - none) if own != none else float("nan")
+
+
+@cache
+def trs_stats(recipient: str, mode: str) -> dict[str, tuple[float, float, float]]:
+    """For one recipient: each arm's accuracy and the paired differences and normalised transfer, (value, 2.5%,
+    97.5%), intervals resampling training seeds and problems."""
+    other = next(m for m in TRS_MODELS if m != recipient)
+    o = trs_outcomes()
+    arms = [o[(recipient, d, mode)] for d in ("unsteered", recipient, other)]
+    return {"none": boot_stat_seeds(arms[:1], lambda a: a), "own": boot_stat_seeds(arms[1:2], lambda a: a),
+            "other": boot_stat_seeds(arms[2:], lambda a: a),
+            "own_gain": boot_stat_seeds(arms, lambda n, w, t: w - n),
+            "other_gain": boot_stat_seeds(arms, lambda n, w, t: t - n),
+            "normalised": boot_stat_seeds(arms, trs_normalised)}
+
+
+def trs_cell(v: tuple[float, float, float], kind: str = "acc") -> str:
+    m, lo, hi = v
+    if kind == "acc":
+        return f"{pct(m)} [{pct_n(lo)}, {pct_n(hi)}]"
+    if kind == "diff":
+        return f"{sgn(100 * m, 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
+
+
+def t_tr_sibling() -> str:
+    info = J(f"{TRS}/info.json")
+    k, n = info["samples"], trs_outcomes()[("base", "unsteered", "greedy")].shape[1]
+    rows = []
+    for r, name in TRS_MODELS.items():
+        for mode in ("greedy", "sampled"):
+            st = trs_stats(r, mode)
+            rows.append([name, "greedy" if mode == "greedy" else f"sampled avg@{k}", trs_cell(st["none"]),
+                         trs_cell(st["own"]), trs_cell(st["other"]), trs_cell(st["own_gain"], "diff"),
+                         trs_cell(st["other_gain"], "diff"), trs_cell(st["normalised"], "ratio")])
+    return md_table(["recipient", f"decoding (n = {n} problems)", "no vectors", "own vectors",
+                     "the other model's vectors", "own - none (points)", "other's - none (points)",
+                     "normalised transfer"], rows)
+
+
+def trs_value(recipient: str, mode: str, key: str) -> str:
+    return trs_cell(trs_stats(recipient, mode)[key], {"normalised": "ratio", "own_gain": "diff",
+                                                       "other_gain": "diff"}.get(key, "acc"))
+
+
 # --- adaptive_magnitudes -----------------------------------------------------------------------------------
 
 AD = "adaptive_magnitudes/results"
@@ -1596,6 +1674,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "persistence.independent": t_pers_independent,
     "single_layer_sweep.vs_baselines": t_sweep_vs_baselines,
     "transfer.grid": t_tr,
+    "transfer.sibling": t_tr_sibling,
     "diffsae.quality": t_sae_quality,
     "diffsae.frequencies": t_sae_freq,
     "diffsae.feature_steering": t_sae_steer,
@@ -1830,6 +1909,20 @@ V: dict[str, Callable[[], str]] = {
     "tr.mapped": lambda: pct(tr_map()["mapped"]),
     "tr.copied": lambda: pct(tr_map()["copied"]),
     "tr.n_train": lambda: str(task_sizes(ADD1)[0]),
+    "trs.seeds": lambda: join_and([str(sd) for sd in sorted({int(r["train_seed"]) for r in C(f"{TRS}/transfer.csv")})]),
+    "trs.n_problems": lambda: str(trs_outcomes()[("base", "unsteered", "greedy")].shape[1]),
+    "trs.weight_change": lambda: sci(J(f"{TRS}/info.json")["sibling_relative_weight_change"]),
+    "trs.params_changed": lambda: "{} of {}".format(*J(f"{TRS}/info.json")["sibling_parameters_changed"]),
+    "trs.none.base.greedy": lambda: trs_value("base", "greedy", "none"),
+    "trs.none.sibling.greedy": lambda: trs_value("sibling", "greedy", "none"),
+    "trs.none.base.sampled": lambda: trs_value("base", "sampled", "none"),
+    "trs.none.sibling.sampled": lambda: trs_value("sibling", "sampled", "none"),
+    "trs.norm.base.sampled": lambda: trs_value("base", "sampled", "normalised"),
+    "trs.norm.sibling.sampled": lambda: trs_value("sibling", "sampled", "normalised"),
+    "trs.norm.base.greedy": lambda: trs_value("base", "greedy", "normalised"),
+    "trs.norm.sibling.greedy": lambda: trs_value("sibling", "greedy", "normalised"),
+    "trs.gain.sibling.sampled": lambda: trs_value("sibling", "sampled", "other_gain"),
+    "trs.gain.base.sampled": lambda: trs_value("base", "sampled", "other_gain"),
     # adaptive_magnitudes
     "ad.steps": lambda: str(J(f"{AD}/runs/adaptive-seed0/run.json")["config"]["steps"]),
     "ad.mag": lambda: pct_range([float(ad_summary(layer)["mean_abs"]) for layer in (10, 20, 28)], 1),
