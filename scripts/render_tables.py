@@ -505,11 +505,20 @@ SWS = f"{SW}/seeds"
 SW_BASELINES = ("base", "base, answer format forced", "base, 128 new tokens")
 
 
+SW_ALL = "all layers"  # the equal-budget all-layer arm (seeds/all_layers.csv)
+
+
+@cache
+def sws_rows() -> list[dict]:
+    """heldout.csv's rows and the equal-budget all-layer arm's (all_layers.csv, variant "all layers", layer -1)."""
+    return C(f"{SWS}/heldout.csv") + C(f"{SWS}/all_layers.csv")
+
+
 @cache
 def sws_outcomes() -> dict[tuple[str, int, str], dict[int, dict[str, list[float]]]]:
     """(variant, layer, mode) -> training seed -> problem -> outcomes (1 greedy, or one per sampling seed)."""
     d = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in C(f"{SWS}/heldout.csv"):
+    for r in sws_rows():
         d[(r["variant"], int(r["layer"]), r["mode"])][int(r["train_seed"])][r["problem"]].append(float(r["correct"]))
     return d
 
@@ -525,7 +534,7 @@ def sws_cell(variant: str, layer: int, mode: str, twin_free: bool = False) -> st
 
 
 def sws_tokens(variant: str, layer: int) -> str:
-    rows = [r for r in C(f"{SWS}/heldout.csv") if r["variant"] == variant and int(r["layer"]) == layer]
+    rows = [r for r in sws_rows() if r["variant"] == variant and int(r["layer"]) == layer]
     return f(np.mean([int(r["n_tokens"]) for r in rows]), 1)
 
 
@@ -546,6 +555,19 @@ def t_sweep_seeds() -> str:
                      f"{pct(mean('train_acc_first5'))} -> {pct(mean('train_acc_last5'))}",
                      sws_cell("single layer", layer, "greedy"), sws_cell("single layer", layer, "sampled"),
                      sws_cell("single layer", layer, "greedy", True), sws_tokens("single layer", layer)])
+    all_runs = sorted({int(r["train_seed"]) for r in C(f"{SWS}/all_layers.csv")})
+    first5, last5, steps, lrs, norm = [], [], set(), set(), []
+    for sd in all_runs:
+        m = JL(f"{SW}/runs/all-seed{sd}/metrics.jsonl")
+        first5.append(np.mean([r["accuracy"] for r in m[:5]]))
+        last5.append(np.mean([r["accuracy"] for r in m[-5:]]))
+        steps.add(len(m))
+        lrs.add(J(f"{SW}/runs/all-seed{sd}/run.json")["config"]["lr"])
+        norm.append(norms(f"{SW}/runs/all-seed{sd}/final").mean())
+    rows.append([f"{SW_ALL} (equal budget)", ", ".join(map(str, all_runs)), rng(min(steps), max(steps), str),
+                 ", ".join(lr_fmt(x) for x in sorted(lrs)), f"{f(np.mean(norm), 2)} per layer",
+                 f"{pct(np.mean(first5))} -> {pct(np.mean(last5))}", sws_cell(SW_ALL, -1, "greedy"),
+                 sws_cell(SW_ALL, -1, "sampled"), sws_cell(SW_ALL, -1, "greedy", True), sws_tokens(SW_ALL, -1)])
     k = info["samples"]
     header = ["variant", "training seeds", "steps", "lr", "norm (mean over seeds)",
               "training accuracy (T = 1), first 5 -> last 5 steps, mean over seeds", f"greedy (n = {n}) [95% CI]",
@@ -558,10 +580,11 @@ def sws_layers() -> list[int]:
 
 
 @cache
-def sws_diff(layer: int, baseline: str, mode: str) -> tuple[float, float, float]:
-    """Single layer minus a baseline, paired by problem: (mean, 2.5%, 97.5%) of a bootstrap resampling training
-    seeds and problems (the baseline has no training seed: the same per-problem outcome is paired with each)."""
-    by, ref = sws_outcomes()[("single layer", layer, mode)], sws_outcomes()[(baseline, -1, mode)][-1]
+def sws_diff(layer: int, baseline: str, mode: str, variant: str = "single layer") -> tuple[float, float, float]:
+    """A single layer (or ``variant``) minus a baseline, paired by problem: (mean, 2.5%, 97.5%) of a bootstrap
+    resampling training seeds and problems (the baseline has no training seed: the same per-problem outcome is
+    paired with each)."""
+    by, ref = sws_outcomes()[(variant, layer, mode)], sws_outcomes()[(baseline, -1, mode)][-1]
     problems = sorted(ref)
     x = [np.array([np.mean(by[sd][p]) - np.mean(ref[p]) for p in problems]) for sd in sorted(by)]
     lo, hi = boot_ci_seeds(x)
@@ -579,6 +602,39 @@ def t_sweep_vs_baselines() -> str:
     k = J(f"{SWS}/info.json")["samples"]
     return md_table(["single layer (3 seeds)", "greedy - base", f"avg@{k} - base", "greedy - base with the format forced",
                      f"avg@{k} - base with the format forced"], rows)
+
+
+@cache
+def sws_all_minus(layer: int, mode: str) -> tuple[float, float, float]:
+    """The equal-budget all-layer arm minus one single layer, paired by training seed and problem (seed s of
+    each), with the interval resampling seeds and problems (``boot_stat_seeds``)."""
+    a, b = sws_outcomes()[(SW_ALL, -1, mode)], sws_outcomes()[("single layer", layer, mode)]
+    seeds, problems = sorted(set(a) & set(b)), sorted(next(iter(a.values())))
+    arr = lambda d: np.array([[np.mean(d[sd][p]) for p in problems] for sd in seeds])
+    return boot_stat_seeds([arr(a), arr(b)], lambda x, y: x - y)
+
+
+def sws_all_count(mode: str, side: str) -> str:
+    """How many single layers the equal-budget all-layer arm beats ("above") or trails ("below"), interval wholly
+    on that side of 0."""
+    d = [sws_all_minus(layer, mode) for layer in sws_layers()]
+    n = sum(lo > 0 for _, lo, _ in d) if side == "above" else sum(hi < 0 for _, _, hi in d)
+    return f"{n} of {len(d)}"
+
+
+def sws_all_vs_best(mode: str) -> str:
+    """The all-layer arm minus the single layer with the highest mean accuracy, in points [95% CI]."""
+    out = sws_outcomes()
+    best = max(sws_layers(), key=lambda layer: np.mean([np.mean(v) for sd in out[("single layer", layer, mode)].values()
+                                                        for v in sd.values()]))
+    m, lo, hi = sws_all_minus(best, mode)
+    return f"{sgn(100 * m, 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}] points (layer {best})"
+
+
+def sws_all_vs_format(mode: str) -> str:
+    """The equal-budget all-layer arm minus the base model with the answer format forced, in points [95% CI]."""
+    m, lo, hi = sws_diff(-1, SW_BASELINES[1], mode, SW_ALL)
+    return f"{sgn(100 * m, 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}] points"
 
 
 def sws_count(baseline: str, mode: str, side: str) -> str:
@@ -1865,6 +1921,13 @@ V: dict[str, Callable[[], str]] = {
     "pei.dv_late": lambda: pei_range(0, "later", (25, 28)),
     "pei.dd_over_dv": pei_dd_over_dv,
     "sws.greedy_above_base": lambda: sws_count("base", "greedy", "above"),
+    "sws.all_greedy": lambda: sws_cell(SW_ALL, -1, "greedy"),
+    "sws.all_sampled": lambda: sws_cell(SW_ALL, -1, "sampled"),
+    "sws.all_above_sampled": lambda: sws_all_count("sampled", "above"),
+    "sws.all_below_sampled": lambda: sws_all_count("sampled", "below"),
+    "sws.all_above_greedy": lambda: sws_all_count("greedy", "above"),
+    "sws.all_vs_best_sampled": lambda: sws_all_vs_best("sampled"),
+    "sws.all_vs_format_sampled": lambda: sws_all_vs_format("sampled"),
     "sws.sampled_above_base": lambda: sws_count("base", "sampled", "above"),
     "sws.greedy_above_format": lambda: sws_count(SW_BASELINES[1], "greedy", "above"),
     "sws.greedy_below_format": lambda: sws_count(SW_BASELINES[1], "greedy", "below"),

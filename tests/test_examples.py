@@ -76,6 +76,9 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     assert len(pd.read_csv(tmp_path / "sweep" / "seeds" / "runs.csv")) == 3  # the single layers only
     all_layers = si.SteeringSet.load(tmp_path / "sweep" / "runs" / "all-seed0" / "final", model=si.load_model("tiny"))
     assert len(all_layers) == si.load_model("tiny").cfg.n_layers  # the equal-budget all-layer arm beside them
+    arm = pd.read_csv(tmp_path / "sweep" / "seeds" / "all_layers.csv")  # evaluated on the same problems
+    assert set(arm.variant) == {"all layers"} and arm.groupby("mode").problem.nunique().eq(40).all()
+    assert set(arm.steps) == {2} and arm.twin_in_training.sum() == held[held.variant == "base"].twin_in_training.sum()
 
     model = si.load_model("tiny")
     si.SteeringSet.from_tensors(model, {k: torch.full((model.cfg.d_model,), 0.01) for k in range(model.cfg.n_layers)}

@@ -6,8 +6,10 @@ held-out add1 problem. Once, beside them: the base model and two format-only bas
 apart from a format fix (issue 18): the base model with the answer format forced (the assistant's reply starts
 "a + b =") and the base model with a 4x longer token budget (128 new tokens instead of 32). Writes
 ``results/seeds/{runs,heldout}.csv`` (one row per variant, training seed, decoding, sampling seed and problem,
-with a flag for problems whose commuted twin is a training problem); ``scripts/render_tables.py`` turns them
-into the README's table. Unfinished runs are skipped, so it can be run while ``train.py`` continues.
+with a flag for problems whose commuted twin is a training problem), and the equal-budget all-layer runs
+(``runs/all-seedS``) into ``results/seeds/all_layers.csv`` (``--arms all`` evaluates only those);
+``scripts/render_tables.py`` turns them into the README's tables. Unfinished runs are skipped, so it can be run
+while ``train.py`` continues.
 
     python examples/single_layer_sweep/seeds.py          # ~1 min per run on 1 thread
 """
@@ -43,16 +45,33 @@ def main():
     ap = example_parser(__doc__, HERE, threads=1)
     ap.add_argument("--runs", default=None, help="where train.py's runs are (default: OUT/runs)")
     ap.add_argument("--samples", type=int, default=4, help="sampled completions per problem (avg@k)")
+    ap.add_argument("--arms", nargs="+", choices=["single", "all"], default=["single", "all"],
+                    help="single: the single layers and the baselines (heldout.csv, runs.csv); all: the equal-budget "
+                         "all-layer runs (all_layers.csv); each file is written only when its arm is asked for")
     ex = start_example(ap)
     args, model = ex.args, ex.model
     out = ex.out / "seeds"
     out.mkdir(parents=True, exist_ok=True)
     task = load_task("arithmetic:add1")
-    runs = [(arm, seed, run) for arm, seed, run in finished_runs(Path(args.runs) if args.runs else ex.out / "runs")
-            if arm.startswith("layer")]
+    finished = finished_runs(Path(args.runs) if args.runs else ex.out / "runs")
+    runs = [(arm, seed, run) for arm, seed, run in finished if arm.startswith("layer")]
     if not runs:
         raise SystemExit("no finished runs; run examples/single_layer_sweep/train.py first")
     kw = {"samples": args.samples, "seed": 0}
+    twins = commuted_twin_in_training(task)
+    if "all" in args.arms:
+        all_rows = []
+        for arm, seed, run in finished:
+            if arm == "all":
+                vectors = si.SteeringSet.load(run.vectors_path(), model=model)
+                all_rows += outcomes(evaluate(model, task, {arm: vectors}, **kw), variant="all layers", layer=-1,
+                                     train_seed=seed, steps=len(run.metrics()))
+        if all_rows:
+            frame = pd.DataFrame(all_rows)
+            frame["twin_in_training"] = frame["problem"].map(twins).astype(int)
+            frame.to_csv(out / "all_layers.csv", index=False)
+    if "single" not in args.arms:
+        return
     rows = outcomes(evaluate(model, task, {"base": None}, **kw), variant="base", layer=-1, train_seed=-1)
     forced = task.with_assistant_prefix(forced_answer_prefix, FORMAT_PREFIX)
     rows += outcomes(evaluate(model, forced, {"base": None}, **kw), variant="base, answer format forced", layer=-1,
@@ -72,7 +91,6 @@ def main():
         rows += outcomes(evaluate(model, task, {arm: vectors}, **kw), variant="single layer", layer=layer,
                          train_seed=seed)
         print(f"{arm} seed {seed}: {len(metrics)} steps, norm {run_rows[-1]['norm']:.1f}", flush=True)
-    twins = commuted_twin_in_training(task)
     heldout = pd.DataFrame(rows)
     heldout["twin_in_training"] = heldout["problem"].map(twins).astype(int)
     heldout.to_csv(out / "heldout.csv", index=False)
