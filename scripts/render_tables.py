@@ -183,15 +183,23 @@ def boot_ci(per_problem, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def boot_stat_seeds(arrays: list[np.ndarray], stat: Callable[..., float], n: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """``stat`` of the arrays' means, with its percentile bootstrap 95% interval: each resample draws training
+    seeds and problems as ``boot_ci_seeds`` does, the same draw for every array ([seed, problem], aligned), so
+    paired differences and ratios are recomputed on each resample; NaN entries are skipped."""
+    x = np.stack(arrays)
+    g = np.random.default_rng(seed)
+    rows, cols = g.integers(0, x.shape[1], size=(n, x.shape[1])), g.integers(0, x.shape[2], size=(n, x.shape[2]))
+    draws = np.array([stat(*np.nanmean(x[:, r][:, :, c], axis=(1, 2))) for r, c in zip(rows, cols)])
+    return float(stat(*np.nanmean(x, axis=(1, 2)))), float(np.nanpercentile(draws, 2.5)), float(np.nanpercentile(draws, 97.5))
+
+
 def boot_ci_seeds(by_seed, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of the mean over training seeds and problems: each resample draws the
     seeds with replacement and, independently, the problems (one draw shared by every seed, since the seeds
     answer the same problems). ``by_seed``: one array per seed, aligned by problem; NaN entries are skipped."""
-    x = np.stack([np.asarray(v, dtype=float) for v in by_seed])
-    g = np.random.default_rng(seed)
-    rows, cols = g.integers(0, x.shape[0], size=(n, x.shape[0])), g.integers(0, x.shape[1], size=(n, x.shape[1]))
-    means = np.array([np.nanmean(x[np.ix_(r, c)]) for r, c in zip(rows, cols)])
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return boot_stat_seeds([np.stack([np.asarray(v, dtype=float) for v in by_seed])], lambda a: a, n, seed)[1:]
 
 
 def ci(per_problem) -> str:
@@ -617,9 +625,7 @@ def sws_all_minus(layer: int, mode: str) -> tuple[float, float, float]:
 def sws_all_count(mode: str, side: str) -> str:
     """How many single layers the equal-budget all-layer arm beats ("above") or trails ("below"), interval wholly
     on that side of 0."""
-    d = [sws_all_minus(layer, mode) for layer in sws_layers()]
-    n = sum(lo > 0 for _, lo, _ in d) if side == "above" else sum(hi < 0 for _, _, hi in d)
-    return f"{n} of {len(d)}"
+    return count_side([sws_all_minus(layer, mode) for layer in sws_layers()], side)
 
 
 def sws_all_vs_best(mode: str) -> str:
@@ -637,11 +643,15 @@ def sws_all_vs_format(mode: str) -> str:
     return f"{sgn(100 * m, 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}] points"
 
 
+def count_side(intervals: list[tuple[float, float, float]], side: str) -> str:
+    """How many (value, low, high) intervals lie wholly above ("above") or below ("below") 0, "n of N"."""
+    n = sum(lo > 0 for _, lo, _ in intervals) if side == "above" else sum(hi < 0 for _, _, hi in intervals)
+    return f"{n} of {len(intervals)}"
+
+
 def sws_count(baseline: str, mode: str, side: str) -> str:
     """How many layers' paired interval against a baseline lies wholly above ("above") or below ("below") 0."""
-    d = [sws_diff(layer, baseline, mode) for layer in sws_layers()]
-    n = sum(lo > 0 for _, lo, _ in d) if side == "above" else sum(hi < 0 for _, _, hi in d)
-    return f"{n} of {len(d)}"
+    return count_side([sws_diff(layer, baseline, mode) for layer in sws_layers()], side)
 
 
 def sws_layer_range(layers: list[int], mode: str) -> str:
@@ -1190,18 +1200,6 @@ def trs_outcomes() -> dict[tuple[str, str, str], np.ndarray]:
     for r in rows:
         d[(r["recipient"], r["donor"], r["mode"])][(int(r["train_seed"]), r["problem"])].append(float(r["correct"]))
     return {k: np.array([[np.mean(v[(sd, p)]) for p in problems] for sd in seeds]) for k, v in d.items()}
-
-
-def boot_stat_seeds(arrays: list[np.ndarray], stat: Callable[..., float], n: int = 2000,
-                    seed: int = 0) -> tuple[float, float, float]:
-    """``stat`` of the arrays' means, with its percentile bootstrap 95% interval: each resample draws training
-    seeds and problems as ``boot_ci_seeds`` does, the same draw for every array ([seed, problem], aligned), so
-    paired differences and ratios are recomputed on each resample."""
-    x = np.stack(arrays)
-    g = np.random.default_rng(seed)
-    rows, cols = g.integers(0, x.shape[1], size=(n, x.shape[1])), g.integers(0, x.shape[2], size=(n, x.shape[2]))
-    draws = np.array([stat(*x[:, r][:, :, c].mean(axis=(1, 2))) for r, c in zip(rows, cols)])
-    return float(stat(*x.mean(axis=(1, 2)))), float(np.nanpercentile(draws, 2.5)), float(np.nanpercentile(draws, 97.5))
 
 
 def trs_normalised(none: float, own: float, other: float) -> float:
