@@ -1060,14 +1060,15 @@ def cos_outcomes(mode: str = "greedy") -> tuple[list[int], list[str], dict[str, 
 
 
 @cache
-def cos_pair_stats(i: int, j: int, mode: str = "greedy", n: int = 2000) -> dict[str, tuple[float, float, float]]:
+def cos_pair_stats(i: int, j: int, mode: str = "greedy", n: int = 2000,
+                   reference: str = "all") -> dict[str, tuple[float, float, float]]:
     """For the pair i + j: its accuracy, the gain over the better single layer, acc_ij - max(acc_i, acc_j), and
     R_ij = gain / (acc_all - max(acc_i, acc_j)), each as (point, 2.5%, 97.5%) of a percentile bootstrap that
     resamples training seeds and problems together and recomputes every accuracy, the better single layer
     included, on each resample (resamples where acc_all equals the better single layer leave R undefined and
-    are left out)."""
+    are left out). ``reference``: the variant that gives acc_all ("all", or a context row such as "all-60steps")."""
     seeds_, problems, x = cos_outcomes(mode)
-    pair, a, b, every = x[f"{i}+{j}"], x[f"{i}+{i}"], x[f"{j}+{j}"], x["all"]
+    pair, a, b, every = x[f"{i}+{j}"], x[f"{i}+{i}"], x[f"{j}+{j}"], x[reference]
 
     def stats(rows, cols):
         sub = lambda m: m[np.ix_(rows, cols)].mean()
@@ -1099,8 +1100,9 @@ def t_comp_seeds(mode: str = "greedy") -> str:
                      f"{sgn(100 * gain[0], 1)} [{sgn(100 * gain[1], 1)}, {sgn(100 * gain[2], 1)}]",
                      "undefined" if r[0] != r[0] else f"{f(r[0])} [{f(r[1])}, {f(r[2])}]"])
     layers = sorted({i for pair in cos_pairs(mode) for i in pair})
-    for v, label in [(f"{i}+{i}", f"{i} alone") for i in layers] + [("all", "all 30 layers (reference for R)"),
-                                                                    ("base", "base")]:
+    extra = [(v, cos_extra_label(v)) for v in cos_info(mode).get("extra", {})]
+    reference = f"all 30 layers, {cos_reference_steps(mode)} steps (same seed; reference for R)"
+    for v, label in [(f"{i}+{i}", f"{i} alone") for i in layers] + [("all", reference)] + extra + [("base", "base")]:
         lo, hi = boot_ci_seeds(list(x[v]))
         rows.append([label, f"{pct(x[v].mean())} [{pct_n(lo)}, {pct_n(hi)}]", "", "", ""])
     what = "greedy" if mode == "greedy" else f"sampled avg@{cos_info(mode)['samples']}"
@@ -1113,11 +1115,49 @@ def cos_info(mode: str) -> dict:
     return J(f"{COS}/pairs_{mode}.json")
 
 
+def cos_reference_steps(mode: str) -> int:
+    """Training steps of R's reference, the same for every training seed (an error otherwise)."""
+    steps = {J(str(Path(p).relative_to("examples").parent / "run.json"))["config"]["steps"]
+             for p in cos_info(mode)["reference_paths"].values()}
+    if len(steps) != 1:
+        raise ValueError(f"composition's references trained for different numbers of steps: {sorted(steps)}")
+    return steps.pop()
+
+
+def cos_learning_rates() -> str:
+    """The learning rates of R's reference and of the single layers, from the runs' run.json files."""
+    info = cos_info("sampled")
+    runs = Path(info["runs"]).relative_to("examples")
+    lr = lambda name: J(str(runs / name / "run.json"))["config"]["lr"]
+    single = [lr(f"layer{i}-seed{s}") for i in info["layers"] for s in info["training_seeds"]]
+    every = {lr(f"all-seed{s}") for s in info["training_seeds"]}
+    return f"all layers at lr {'/'.join(f'{v:g}' for v in sorted(every))}, single layers at {min(single):g}-{max(single):g}"
+
+
+def cos_extra_label(variant: str) -> str:
+    """A context row's label: the 60-step all-layer set of rl_arithmetic by its steps and seed, others by name."""
+    if variant == "all-60steps":
+        return f"all 30 layers, {J(ADD1_60)['steps']} steps (rl_arithmetic, seed 0; the earlier reference)"
+    return variant
+
+
 def cos_counts(mode: str = "greedy", key: str = "gain") -> str:
     """How many pairs have a gain (or R) interval wholly above 0, wholly below 0, or across 0."""
     st = [cos_pair_stats(i, j, mode)[key] for i, j in cos_pairs(mode)]
     up, down = sum(lo > 0 for _, lo, _ in st), sum(hi < 0 for _, _, hi in st)
     return f"{up} of {len(st)} above 0, {down} below 0, {len(st) - up - down} across 0"
+
+
+def cos_counts_one(mode: str = "sampled") -> str:
+    """How many pairs' R intervals contain 1 (not told apart from all-layer steering) or lie wholly below it."""
+    st = [cos_pair_stats(i, j, mode)["R"] for i, j in cos_pairs(mode)]
+    one, below = sum(lo <= 1 <= hi for _, lo, hi in st), sum(hi < 1 for _, _, hi in st)
+    return f"{one} of {len(st)} contain 1, {below} lie wholly below 1"
+
+
+def cos_best_pair(mode: str = "sampled") -> tuple[int, int]:
+    """The pair with the largest R (point estimate)."""
+    return max(cos_pairs(mode), key=lambda p: np.nan_to_num(cos_pair_stats(*p, mode)["R"][0], nan=-np.inf))
 
 
 def cos_single_range(mode: str) -> str:
@@ -1948,8 +1988,18 @@ V: dict[str, Callable[[], str]] = {
     "comp.s.positive_sampled": lambda: (lambda g: f"{sum(v > 0 for v in g)} of {len(g)}")(
         [cos_pair_stats(i, j, "sampled")["gain"][0] for i, j in cos_pairs("sampled")]),
     "comp.s.best_r_sampled": lambda: (lambda r: f"{f(r[0])} [{f(r[1])}, {f(r[2])}]")(
-        max((cos_pair_stats(i, j, "sampled")["R"] for i, j in cos_pairs("sampled")), key=lambda r: r[0])),
+        cos_pair_stats(*cos_best_pair("sampled"), "sampled")["R"]),
     "comp.s.samples": lambda: str(cos_info("sampled")["samples"]),
+    "comp.s.ref_steps": lambda: str(cos_reference_steps("sampled")),
+    "comp.s.lrs": cos_learning_rates,
+    "comp.s.best_r60_sampled": lambda: (lambda r: f"{f(r[0])} [{f(r[1])}, {f(r[2])}]")(max(
+        (cos_pair_stats(i, j, "sampled", reference="all-60steps")["R"] for i, j in cos_pairs("sampled")),
+        key=lambda r: np.nan_to_num(r[0], nan=-np.inf))),
+    "comp.s.r_one_sampled": lambda: cos_counts_one("sampled"),
+    "comp.s.best_pair_sampled": lambda: "{} + {}".format(*cos_best_pair("sampled")),
+    "comp.s.best_vs_all_sampled": lambda: (lambda d: f"{sgn(d[0], 1)} [{sgn(d[1], 1)}, {sgn(d[2], 1)}]")(
+        boot_stat_seeds([cos_outcomes("sampled")[2]["{}+{}".format(*cos_best_pair("sampled"))],
+                         cos_outcomes("sampled")[2]["all"]], lambda a, b: 100 * (a - b))),
     "comp.late_r": lambda: pair(f(float(comp("greedy")[28, 29]["R"])), f(float(comp("sampled")[28, 29]["R"]))),
     "comp.best": lambda: f"{pct(s0(ADD1_60)['greedy_acc'], 0)} vs {pct(comp_best('greedy'))} greedy, "
                          f"{pct(s0(ADD1_60)['sampled_acc'], 0)} vs {pct(comp_best('sampled'), 0)} sampled",

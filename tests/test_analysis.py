@@ -311,6 +311,35 @@ def test_compose_pairs_diagonal_is_the_single_layer(tiny):
     res.plot()
 
 
+def test_compose_pairs_reuses_known_outcomes_and_evaluates_the_rest(tiny, monkeypatch):
+    """Known rows stand in for their variants exactly (only the others are evaluated); an extra reference is
+    evaluated beside them; known rows from other settings (greedy rows in a sampled run) are refused."""
+    import steerinterp.tasks.evaluation as evaluation
+    from steerinterp.tasks import arithmetic_task
+
+    task = arithmetic_task("add1")
+    singles = {1: si.SteeringSet.from_tensors(tiny, {1: _vec(tiny, 1)}), 2: si.SteeringSet.from_tensors(tiny, {2: _vec(tiny, 2)})}
+    every = si.SteeringSet.from_tensors(tiny, {1: _vec(tiny, 1), 3: _vec(tiny, 3)})
+    kw = dict(problems=task.test[:3], max_new_tokens=3, progress=False, mode="sampled", samples=2)
+    first = A.compose_pairs(tiny, task, singles, every, **kw)
+    evaluated = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda m, t, v, **k: evaluated.append(*v) or real(m, t, v, **k))
+    old = first.per_problem[first.per_problem.variant != "all"]
+    again = A.compose_pairs(tiny, task, singles, every, extra={"other": singles[2]}, known=old, **kw)
+    assert evaluated == ["all", "other"]
+    assert torch.equal(again.accuracy.nan_to_num(-1), first.accuracy.nan_to_num(-1))
+    assert again.all_layer_accuracy == first.all_layer_accuracy and again.base_accuracy == first.base_accuracy
+    got = again.per_problem.set_index(["variant", "seed", "problem"]).sort_index()
+    assert got.loc["all"].equals(first.per_problem.set_index(["variant", "seed", "problem"]).sort_index().loc["all"])
+    assert got.loc["other"].correct.tolist() == got.loc["2+2"].correct.tolist()  # same set, same sampling seeds
+    greedy = A.compose_pairs(tiny, task, singles, every, **{**kw, "mode": "greedy"}).per_problem
+    with pytest.raises(SteerInterpError, match="other .sample seed, problem. pairs"):
+        A.compose_pairs(tiny, task, singles, every, known=greedy[greedy.variant == "1+2"], **kw)
+    with pytest.raises(SteerInterpError, match="clashes"):
+        A.compose_pairs(tiny, task, singles, every, extra={"all": every}, **kw)
+
+
 def test_compose_pairs_runs_every_pair_of_eight_or_more_layers(monkeypatch):
     """All i <= j pairs of a list of >= 8 layers: n (n + 1) / 2 evaluations (diagonal = single layers), plus base."""
     import steerinterp.tasks.evaluation as evaluation
@@ -334,7 +363,8 @@ def test_compose_pairs_runs_every_pair_of_eight_or_more_layers(monkeypatch):
         def details(self):
             import pandas as pd
 
-            return pd.DataFrame([{"variant": self.name, "mode": "greedy", "seed": None, "problem": "p", "correct": True}])
+            return pd.DataFrame([{"variant": self.name, "mode": "greedy", "seed": None, "problem": "p",
+                                  "correct": self.accuracy(self.name, "greedy")}])  # one problem: its mean
 
     def fake_evaluate(model, task, variants, **kw):
         (name, steering), = variants.items()

@@ -60,6 +60,7 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     import pandas as pd
 
     import steerinterp as si
+    from steerinterp.steering.io import read_metadata
 
     common = ["--model", "tiny", "--threads", "1"]
     run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -83,14 +84,32 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     model = si.load_model("tiny")
     si.SteeringSet.from_tensors(model, {k: torch.full((model.cfg.d_model,), 0.01) for k in range(model.cfg.n_layers)}
                                 ).save(tmp_path / "all", model=model)
-    proc = run("examples/composition/seeds.py", *common, "--out", str(tmp_path / "comp"), "--layers", "1,2,3",
-               "--runs", str(tmp_path / "sweep" / "runs"), "--all-layers", str(tmp_path / "all"))
+    comp = ["examples/composition/seeds.py", *common, "--out", str(tmp_path / "comp"), "--layers", "1,2,3",
+            "--runs", str(tmp_path / "sweep" / "runs")]
+    proc = run(*comp, "--extra", f"fixed={tmp_path / 'all'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 variants reused, evaluating 9" in proc.stdout
     pairs = pd.read_csv(tmp_path / "comp" / "seeds" / "pairs_greedy.csv")
-    assert set(pairs.variant) == {"base", "all", "1+1", "1+2", "1+3", "2+2", "2+3", "3+3"}
+    assert set(pairs.variant) == {"base", "all", "fixed", "1+1", "1+2", "1+3", "2+2", "2+3", "3+3"}
     single = held[(held.variant == "single layer") & (held.layer == 2) & (held["mode"] == "greedy")]
     diagonal = pairs[pairs.variant == "2+2"]
     assert dict(zip(single.problem, single.correct)) == dict(zip(diagonal.problem, diagonal.correct))
+    reference = pairs[pairs.variant == "all"]  # R's reference: the same seed's equal-budget all-layer run
+    greedy_arm = arm[arm["mode"] == "greedy"]
+    assert dict(zip(reference.problem, reference.correct)) == dict(zip(greedy_arm.problem, greedy_arm.correct))
+    # a re-run reuses every variant whose vector files are unchanged, by digest, whatever its name
+    proc = run(*comp, "--extra", f"renamed={tmp_path / 'all'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "9 variants reused, evaluating 0" in proc.stdout
+    again = pd.read_csv(tmp_path / "comp" / "seeds" / "pairs_greedy.csv")
+    assert set(again.variant) == set(pairs.variant) - {"fixed"} | {"renamed"}
+    assert again[again.variant == "renamed"].correct.tolist() == pairs[pairs.variant == "fixed"].correct.tolist()
+    proc = run(*comp, "--reference", str(tmp_path / "all"), "--extra")  # one reference for every seed
+    assert proc.returncode == 0 and "8 variants reused, evaluating 0" in proc.stdout, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "comp" / "seeds" / "pairs_greedy.json").read_text())
+    assert info["sources"]["0"]["all"] == [read_metadata(tmp_path / "all")["sha256"]] and not info["extra"]
+    third = pd.read_csv(tmp_path / "comp" / "seeds" / "pairs_greedy.csv")
+    assert third[third.variant == "all"].correct.tolist() == pairs[pairs.variant == "fixed"].correct.tolist()
 
     proc = run("examples/persistence/independent.py", *common, "--out", str(tmp_path / "pers"), "--layers", "1,2,3",
                "--runs", str(tmp_path / "sweep" / "runs"), "--problems", "4")

@@ -109,6 +109,8 @@ def compose_pairs(
     samples: int = 4,
     problems=None,
     max_new_tokens: int = 32,
+    extra: Mapping[str, SteeringSet] | None = None,
+    known=None,
     progress: bool = True,
 ) -> CompositionResult:
     """Evaluate every pair of single-layer vectors on ``task`` and compute R_ij.
@@ -117,6 +119,10 @@ def compose_pairs(
     / ``{layer: tensor}`` whose vectors are taken one layer at a time. ``all_layers``: the all-layer
     SteeringSet (evaluated here) or its accuracy as a float. ``mode``: ``"greedy"`` or ``"sampled"``
     (avg@``samples``). ``per_problem`` on the result keeps every (variant, problem) outcome, for intervals.
+    ``extra``: more named sets evaluated beside them (e.g. a second all-layer reference); their outcomes are in
+    ``per_problem`` only. ``known``: per-problem rows (columns variant, seed, problem, correct, as in an earlier
+    result's ``per_problem``) of variants already evaluated with these settings: those variants are taken from it,
+    not evaluated again; every variant must then cover the same (sample seed, problem) pairs, or an error says so.
     """
     from tqdm.auto import tqdm
 
@@ -137,14 +143,34 @@ def compose_pairs(
         variants[f"{i}+{j}"] = single_sets[i] if i == j else combine(single_sets[i], single_sets[j])
     if not isinstance(all_layers, (int, float)):
         variants["all"] = all_layers
+    for name, steering in (extra or {}).items():
+        if name in variants:
+            raise SteerInterpError(f"extra variant {name!r} clashes with a pair, 'base' or 'all'; rename it")
+        variants[name] = steering
+    import pandas as pd
+
+    cols = ["variant", "seed", "problem", "correct"]
+    known = pd.DataFrame(columns=cols) if known is None else known[cols]
     kw = dict(problems=problems, greedy=mode == "greedy", samples=samples if mode == "sampled" else 0,
               max_new_tokens=max_new_tokens)
-    acc, rows = {}, []
+    acc, rows, reuse = {}, [], set(known["variant"])
     for name, steering in tqdm(variants.items(), desc="pairs", disable=not progress):
-        ev = evaluate(model, task, {name: steering}, **kw)
-        acc[name] = ev.accuracy(name, mode)
-        d = ev.details()
-        rows.append(d[d["mode"] == mode][["variant", "seed", "problem", "correct"]])
+        if name in reuse:
+            got = known[known["variant"] == name]
+        else:
+            d = evaluate(model, task, {name: steering}, **kw).details()
+            got = d[d["mode"] == mode][cols]
+        acc[name] = float(got["correct"].astype(float).mean())
+        rows.append(got)
+
+    def outcome_keys(r) -> list[tuple]:
+        return sorted((-1 if s is None or s != s else int(s), str(p)) for s, p in zip(r["seed"], r["problem"]))
+
+    first = outcome_keys(rows[0])
+    for name, r in zip(variants, rows):
+        if outcome_keys(r) != first:
+            raise SteerInterpError(f"the outcomes of {name!r} cover other (sample seed, problem) pairs than those of "
+                                   "'base'; pass known rows from a run with the same task, problems, mode and samples")
     n = len(chosen)
     grid = torch.full((n, n), float("nan"), dtype=torch.float64)
     for a, i in enumerate(chosen):
@@ -152,6 +178,4 @@ def compose_pairs(
             if b >= a:
                 grid[a, b] = acc[f"{i}+{j}"]
     all_acc = float(all_layers) if isinstance(all_layers, (int, float)) else acc["all"]
-    import pandas as pd
-
     return CompositionResult(chosen, grid, all_acc, acc["base"], mode, pd.concat(rows, ignore_index=True))
