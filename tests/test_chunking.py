@@ -262,3 +262,28 @@ def test_teacher_forced_logprobs_chunks_change_no_value_or_gradient(tiny64, shar
     _close(default, one_row)
     with pytest.raises(SteerInterpError, match="position_chunk"):
         si.teacher_forced_logprobs(tiny64, out.tokens, out.completion_mask, position_chunk=0)
+
+
+def test_gradient_rows_follow_the_memory_budget(monkeypatch):
+    """The RL gradient pass's rows per forward/backward: the embedded model's shapes (measured: ~0.1 GB per row of
+    70 + 32 tokens, ~0.85 GB per row of 100 + 256) keep the 32-token tasks in one pass of 64 rows and split the
+    256-token one into whole groups; the limit, the group rounding and the environment override hold."""
+    from types import SimpleNamespace
+
+    from steerinterp.generation.decode import GRADIENT_BUDGET, gradient_row_bytes, gradient_rows
+
+    smollm = SimpleNamespace(cfg=SimpleNamespace(n_layers=30, d_model=576, d_mlp=1536, n_heads=9, d_vocab=49152,
+                                                 dtype=torch.float32))
+    assert 0.08e9 < gradient_row_bytes(smollm, 102, 32) < 0.13e9
+    assert 0.75e9 < gradient_row_bytes(smollm, 356, 256) < 1.1e9
+    half = SimpleNamespace(cfg=SimpleNamespace(**{**vars(smollm.cfg), "dtype": torch.bfloat16}))
+    assert gradient_row_bytes(half, 356, 256) < gradient_row_bytes(smollm, 356, 256)
+    assert gradient_rows(smollm, 102, 32, 64, group=8) == 64
+    assert gradient_rows(smollm, 356, 256, 64, group=8) == 8
+    assert gradient_rows(smollm, 356, 256, 64, group=8, budget=6 * 2**30) == 6  # less than a group: not rounded
+    assert gradient_rows(smollm, 102, 32, 4, group=8) == 4 and gradient_rows(smollm, 4096, 4000, 64, group=8) == 1
+    monkeypatch.setenv("STEERINTERP_GRADIENT_BUDGET", str(2 * GRADIENT_BUDGET))
+    assert gradient_rows(smollm, 356, 256, 64, group=8) == 16
+    monkeypatch.setenv("STEERINTERP_GRADIENT_BUDGET", "8 GiB")
+    with pytest.raises(SteerInterpError, match="STEERINTERP_GRADIENT_BUDGET.*positive number of bytes"):
+        gradient_rows(smollm, 356, 256, 64)

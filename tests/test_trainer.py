@@ -250,13 +250,17 @@ def _hf_logits_with_vectors(hf, vectors, tokens, attention_mask):
             h.remove()
 
 
-def test_trainer_steps_equal_a_plain_pytorch_rloo_on_the_hf_model(tiny64, monkeypatch):
+@pytest.mark.parametrize("budget", [None, "1"], ids=["one-pass", "row-by-row"])
+def test_trainer_steps_equal_a_plain_pytorch_rloo_on_the_hf_model(tiny64, monkeypatch, budget):
     """Oracle: the MODELS.md section 11 prototype written out by hand on the transformers model (forward hooks
     adding one vector after each decoder layer, full forward, RLOO, token-normalised REINFORCE, clip, AdamW with
     decoupled weight decay, linear warmup) gives the trainer's gradients and vectors, step after step, on the
-    trainer's own samples."""
+    trainer's own samples; also when a gradient memory budget of 1 byte makes it run the 64 rows one at a time."""
     import steerinterp.rl.trainer as trainer_module
     from steerinterp.models import TinyConfig, tiny_hf_model
+
+    if budget is not None:
+        monkeypatch.setenv("STEERINTERP_GRADIENT_BUDGET", budget)
 
     captured = []
     real_generate = trainer_module.generate
@@ -273,7 +277,7 @@ def test_trainer_steps_equal_a_plain_pytorch_rloo_on_the_hf_model(tiny64, monkey
     beta1, beta2 = cfg.betas
     clipped = with_signal = 0
     for t in range(1, cfg.steps + 1):
-        trainer.step()
+        assert trainer.step()["micro_batch_used"] == (64 if budget is None else 1)
         out = captured[-1]
         rewards = torch.tensor([task.reward(text, None) for text in out.texts], dtype=torch.float64).view(-1, G)
         adv = (rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)).flatten()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -383,6 +384,50 @@ def attention_rows(model: HookedModel, width: int, copies: int = 1) -> int:
     ``ATTENTION_BUDGET`` (at least 1)."""
     per_row = 5 * 4 * model.cfg.n_heads * width * width * copies
     return max(1, ATTENTION_BUDGET // max(1, per_row))
+
+
+#: bytes of activations that autograd may keep for one forward/backward of the RL gradient pass: the trainer runs
+#: at most as many rows at a time as ``gradient_rows`` estimates fit (``STEERINTERP_GRADIENT_BUDGET`` overrides, in
+#: bytes). 8 GiB keeps 64 rows of the 32-token tasks in one pass and runs 8 rows of 100 + 256 tokens at a time
+#: (the embedded model measured ~0.85 GB per such row on a CPU); two processes fit a 24 GiB machine.
+GRADIENT_BUDGET = 8 * 2**30
+
+
+def gradient_budget() -> int:
+    """``GRADIENT_BUDGET``, or ``STEERINTERP_GRADIENT_BUDGET`` (bytes) when set; a one-line error if it is not a
+    positive integer."""
+    raw = os.environ.get("STEERINTERP_GRADIENT_BUDGET")
+    if raw is None:
+        return GRADIENT_BUDGET
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise SteerInterpError(f"STEERINTERP_GRADIENT_BUDGET={raw!r} is not a positive number of bytes; "
+                               "set it to e.g. 8589934592 (8 GiB) or unset it")
+    return int(raw)
+
+
+def gradient_row_bytes(model: HookedModel, width: int, completion: int, layers: int | None = None) -> int:
+    """Estimated bytes autograd keeps for one row of ``width`` positions, ``completion`` of them sampled, when
+    ``layers`` blocks (default all) record gradients: per position and block about 2 d_model + d_mlp activations
+    plus 5 copies of the attention row (n_heads x width), and float32 logits, their log-softmax and gradient
+    (3 d_vocab) per completion token. Fitted to measured peaks on the embedded model within about 30%;
+    prompts shared by a group make the real figure smaller."""
+    cfg = model.cfg
+    act = torch.empty((), dtype=getattr(cfg, "dtype", torch.float32)).element_size()
+    n = cfg.n_layers if layers is None else layers
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+    per_block = act * width * (2 * cfg.d_model + d_mlp + 5 * cfg.n_heads * width)
+    return n * per_block + 4 * 3 * cfg.d_vocab * completion
+
+
+def gradient_rows(model: HookedModel, width: int, completion: int, limit: int, *, group: int = 1,
+                  layers: int | None = None, budget: int | None = None) -> int:
+    """Rows per forward/backward of the gradient pass: at most ``limit`` (the configured micro-batch), as many as
+    fit ``budget`` (default ``gradient_budget()``) by ``gradient_row_bytes``, rounded down to a multiple of
+    ``group`` when at least one group fits (rows that share a prompt then run it once); at least 1."""
+    budget = gradient_budget() if budget is None else budget
+    fit = max(1, budget // max(1, gradient_row_bytes(model, width, completion, layers)))
+    rows = min(limit, fit)
+    return rows - rows % group if rows >= group > 1 else rows
 
 
 def _picked_logprobs(logits, targets, temperature: float):

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steerinterp.errors import SteerInterpError
-from steerinterp.generation.decode import generate, teacher_forced_logprobs
+from steerinterp.generation.decode import generate, gradient_rows, teacher_forced_logprobs
 from steerinterp.models.loading import dtype_choice
 from steerinterp.rl.advantages import ADVANTAGES, compute_advantages
 from steerinterp.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -73,7 +73,8 @@ class TrainConfig:
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
     seed: int = _opt(0, "seed of sampling, data order and initialisation")
     checkpoint_every: int = _opt(1, "write a checkpoint every N steps (with an output directory)")
-    micro_batch: int = _opt(64, "sequences per forward/backward in the gradient pass")
+    micro_batch: int = _opt(64, "sequences per forward/backward in the gradient pass, at most (fewer when their "
+                                "activations would exceed the gradient memory budget; metrics: micro_batch_used)")
     engine: str = _opt("auto", "rollout engine: auto, hooked, hf or bridge", choices=lambda: ["auto", "hooked", "hf", "bridge"])
     problem_sampling: str = _opt("epochs", "epochs (the papers') or learnability (replay problems whose last group "
                                            "had mixed rewards)", choices=lambda: list(PROBLEM_SAMPLING))
@@ -225,8 +226,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         gap = torch.zeros(3, dtype=torch.float64)  # sum |sampler - trainer| log-prob, sum of differences, max
-        for s in range(0, len(prompts), cfg.micro_batch):
-            sl = slice(s, s + cfg.micro_batch)
+        # rows per forward/backward: the configured micro-batch, fewer when their activations would exceed the
+        # gradient memory budget (long completions); the gradient is the same sum either way, up to rounding
+        rows = gradient_rows(model, out.tokens.shape[1], int(out.completion_mask.sum(-1).max()), cfg.micro_batch,
+                             group=G)
+        for s in range(0, len(prompts), rows):
+            sl = slice(s, s + rows)
             lp = teacher_forced_logprobs(model, out.tokens[sl], out.completion_mask[sl], self.steering,
                                          attention_mask=out.attention_mask[sl], prompt_mask=out.prompt_mask[sl],
                                          temperature=cfg.temperature, train_weights=self.parametrisation.trains_weights,
@@ -269,6 +274,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens": n_tok,
+            "micro_batch_used": rows,
             # the sampler's and the trainer's log-probs of the same tokens (different engines; in bfloat16 they
             # differ by rounding): mean |difference|, the KL(sampler || trainer) estimate mean(lp_s - lp_t), max
             "logprob_gap": float(all_reduce_sum(gap[0].clone(), d)) / max(n_tok, 1),
