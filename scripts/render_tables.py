@@ -1654,6 +1654,16 @@ def t_multistep_base() -> str:
                      f"at the {res['max_new_tokens']}-token cap"], rows)
 
 
+def J_bench(name: str) -> dict:
+    """A JSON file of ``benchmarks/results/``."""
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def gradient_memory(shape: str) -> dict:
+    """The ``benchmarks/results/gradient-memory.json`` row whose shape name starts with ``shape``."""
+    return next(r for r in J_bench("gradient-memory.json")["shapes"] if r["shape"].startswith(shape))
+
+
 def precision_runs() -> list[dict]:
     """``benchmarks/results/precision-*.json`` (``benchmarks/precision.py --json``), oldest first."""
     files = sorted((ROOT / "benchmarks" / "results").glob("precision-*.json"))
@@ -2110,6 +2120,14 @@ V: dict[str, Callable[[], str]] = {
     "bench.prec.gap": lambda: sci(precision_runs()[-1]["logprob_gap"]["float32"]["mean_abs"]),
     "bench.prec.bf16_ratio": lambda: f(max(precision_runs()[-1]["peak_gflops"]["bfloat16"].values())
                                        / max(precision_runs()[-1]["peak_gflops"]["float32"].values()), 3),
+    # docs/rl.md, the gradient pass's memory (benchmarks/gradient_memory.py --json)
+    "bench.gm.add1": lambda: f(gradient_memory("add1")["measured_gb_per_row"], 2),
+    "bench.gm.ms": lambda: f(gradient_memory("multistep")["measured_gb_per_row"], 2),
+    "bench.gm.ms_64": lambda: f(64 * gradient_memory("multistep")["measured_gb_per_row"], 0),
+    "bench.gm.add1_rows": lambda: str(gradient_memory("add1")["rows_per_pass"]),
+    "bench.gm.ms_rows": lambda: str(gradient_memory("multistep")["rows_per_pass"]),
+    "bench.gm.ratios": lambda: (lambda r: f"{f(min(r), 2)}-{f(max(r), 2)}")(
+        [x["estimate_gb_per_row"] / x["measured_gb_per_row"] for x in J_bench("gradient-memory.json")["shapes"]]),
     # docs/claims.md
     "claims.n_params": lambda: thousands(matrix(SHIPPED).size),
     "claims.add1_base": lambda: f"{acc_ci('base', 'greedy')} greedy, {acc_ci('base', 'sampled')} sampled",

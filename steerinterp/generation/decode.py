@@ -388,8 +388,8 @@ def attention_rows(model: HookedModel, width: int, copies: int = 1) -> int:
 
 #: bytes of activations that autograd may keep for one forward/backward of the RL gradient pass: the trainer runs
 #: at most as many rows at a time as ``gradient_rows`` estimates fit (``STEERINTERP_GRADIENT_BUDGET`` overrides, in
-#: bytes). 8 GiB keeps 64 rows of the 32-token tasks in one pass and runs 8 rows of 100 + 256 tokens at a time
-#: (the embedded model measured ~0.85 GB per such row on a CPU); two processes fit a 24 GiB machine.
+#: bytes). On the embedded model 8 GiB keeps 64 rows of the 32-token tasks in one pass and runs 8 rows of 100 + 256
+#: tokens at a time (``benchmarks/gradient_memory.py`` measures the cost per row); two processes fit 24 GiB.
 GRADIENT_BUDGET = 8 * 2**30
 
 
@@ -409,8 +409,8 @@ def gradient_row_bytes(model: HookedModel, width: int, completion: int, layers: 
     """Estimated bytes autograd keeps for one row of ``width`` positions, ``completion`` of them sampled, when
     ``layers`` blocks (default all) record gradients: per position and block about 2 d_model + d_mlp activations
     plus 5 copies of the attention row (n_heads x width), and float32 logits, their log-softmax and gradient
-    (3 d_vocab) per completion token. Fitted to measured peaks on the embedded model within about 30%;
-    prompts shared by a group make the real figure smaller."""
+    (3 d_vocab) per completion token. ``benchmarks/gradient_memory.py`` compares it with measured peaks; prompts
+    shared by a group make the real figure smaller for long prompts."""
     cfg = model.cfg
     act = torch.empty((), dtype=getattr(cfg, "dtype", torch.float32)).element_size()
     n = cfg.n_layers if layers is None else layers
