@@ -126,6 +126,31 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     assert per.groupby(["steered_layer", "observed_layer"]).size().eq(4).all()
 
 
+def test_multistep_protocol_trains_then_evaluates_finished_seeds(tmp_path):
+    """examples/multistep: train.py (resumable all-layer runs on the multi-step task) then evaluate.py, which
+    evaluates the base model and each finished seed once, each in its own file, and skips them on a re-run."""
+    import pandas as pd
+
+    common = ["--model", "tiny", "--threads", "1", "--out", str(tmp_path)]
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run("examples/multistep/train.py", *common, "--seeds", "0", "--steps", "2", "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluate = ["examples/multistep/evaluate.py", *common, "--problems", "5", "--max-new-tokens", "6"]
+    proc = run(*evaluate)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "base:" in proc.stdout and "all-seed0:" in proc.stdout
+    rows = pd.read_csv(tmp_path / "heldout" / "all-seed0.csv")
+    assert len(rows) == 5 * 3 and set(rows["mode"]) == {"greedy", "sampled"} and set(rows.train_seed) == {0}
+    assert rows.problem.nunique() == 5 and rows.at_cap.dtype == bool and "first_word" in rows
+    base = pd.read_csv(tmp_path / "heldout" / "base.csv")
+    assert set(base.train_seed) == {-1} and list(base.problem[:5]) == list(rows.problem[:5])
+    proc = run("examples/multistep/train.py", *common, "--seeds", "1", "--steps", "2", "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run(*evaluate)  # only the new seed is evaluated
+    assert proc.returncode == 0 and "all-seed1:" in proc.stdout and "base:" not in proc.stdout, proc.stderr[-2000:]
+    assert pd.read_csv(tmp_path / "heldout" / "base.csv").equals(base)
+
+
 def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     """examples/transfer/sibling.py on the tiny model: the sibling's weights differ from the base model's, each
     model gets its own vectors, and every (seed, recipient, donor, decoding, problem) outcome is written."""
