@@ -1749,6 +1749,33 @@ def sae_top_incorrect() -> str:
     return f"{sum(float(r['freq_incorrect']) > float(r['freq_correct']) for r in rows)} of {len(rows)}"
 
 
+def ms_runs() -> list[tuple[int, dict, list[dict]]]:
+    """(training seed, run.json, metrics rows) of every multi-step run ``multistep/results/runs/all-seedS``."""
+    out = []
+    for d in sorted((EX / "multistep/results/runs").glob("all-seed*")):
+        out.append((int(d.name.rpartition("seed")[2]), J(f"multistep/results/runs/{d.name}/run.json"),
+                    JL(f"multistep/results/runs/{d.name}/metrics.jsonl")))
+    return out
+
+
+def t_ms_training() -> str:
+    """Training so far, per seed: steps, training accuracy (T = 1) over the first and the last 5 steps, the share of
+    groups with mixed rewards, completion length, rows per gradient pass and minutes per step."""
+    rows = []
+    for seed, run, m in ms_runs():
+        if not m:
+            continue
+        acc = [r["accuracy"] for r in m]
+        minutes = sorted((r["seconds_sampling"] + r["seconds_gradient"]) / 60 for r in m)
+        rows.append([str(seed), f"{len(m)} of {run['config']['steps']}", pct(np.mean(acc[:5])), pct(np.mean(acc[-5:])),
+                     pct(np.mean([r["groups_with_signal"] for r in m])),
+                     f(np.mean([r["completion_len"] for r in m]), 0),
+                     str(sorted({r["micro_batch_used"] for r in m})[0]), f(minutes[len(minutes) // 2], 1)])
+    return md_table(["training seed", "steps done", "training accuracy (T = 1), first 5 steps",
+                     "last 5 steps", "groups with mixed rewards", "mean completion tokens", "rows per gradient pass",
+                     "minutes per step (median, 1 thread)"], rows)
+
+
 def ms_best_sampled() -> str:
     rows = [r for r in J("multistep/results/base_rates.json")["rows"] if r["decoding"].startswith("sampled")]
     r = max(rows, key=lambda r: r["accuracy"])
@@ -1785,6 +1812,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "diffsae.ablation": t_sae_ablation,
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
+    "multistep.training": t_ms_training,
     "bench.precision_peaks": t_precision_peaks,
     "bench.precision_phases": t_precision_phases,
     "architectures.summary": t_architectures,

@@ -336,6 +336,8 @@ def test_compose_pairs_reuses_known_outcomes_and_evaluates_the_rest(tiny, monkey
     greedy = A.compose_pairs(tiny, task, singles, every, **{**kw, "mode": "greedy"}).per_problem
     with pytest.raises(SteerInterpError, match="other .sample seed, problem. pairs"):
         A.compose_pairs(tiny, task, singles, every, known=greedy[greedy.variant == "1+2"], **kw)
+    with pytest.raises(SteerInterpError, match="lack column 'correct'"):
+        A.compose_pairs(tiny, task, singles, every, known=old.drop(columns="correct"), **kw)
     with pytest.raises(SteerInterpError, match="clashes"):
         A.compose_pairs(tiny, task, singles, every, extra={"all": every}, **kw)
 

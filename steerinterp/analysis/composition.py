@@ -150,6 +150,9 @@ def compose_pairs(
     import pandas as pd
 
     cols = ["variant", "seed", "problem", "correct"]
+    if known is not None and not set(cols) <= set(known.columns):
+        missing = [c for c in cols if c not in known.columns]
+        raise SteerInterpError(f"known rows lack column {missing[0]!r}; pass an earlier result's per_problem")
     known = pd.DataFrame(columns=cols) if known is None else known[cols]
     kw = dict(problems=problems, greedy=mode == "greedy", samples=samples if mode == "sampled" else 0,
               max_new_tokens=max_new_tokens)
