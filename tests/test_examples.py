@@ -151,6 +151,26 @@ def test_multistep_protocol_trains_then_evaluates_finished_seeds(tmp_path):
     assert pd.read_csv(tmp_path / "heldout" / "base.csv").equals(base)
 
 
+def test_first_token_substitution_runs_on_the_multistep_task(tmp_path):
+    """examples/first_token_substitution with --task multistep:...: the papers' "To" and "Step" prefixes (not the
+    arithmetic-only first operand), the task's completions, one results file per prefix."""
+    import steerinterp as si
+
+    model = si.load_model("embedded")  # the papers' prefixes need a real vocabulary ("To", "Step")
+    last = model.cfg.n_layers - 1
+    si.SteeringSet.from_tensors(model, {last: torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))}
+                                ).save(tmp_path / "vec", model=model)
+    proc = subprocess.run([sys.executable, "examples/first_token_substitution/run.py", "--threads", "1", "--out",
+                           str(tmp_path / "out"), "--vectors", str(tmp_path / "vec"), "--task", "multistep:word_addsub",
+                           "--problems", "2", "--heldout", "3", "--samples", "1", "--max-new-tokens", "4",
+                           "--all-completions"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    controls = json.loads((tmp_path / "out" / "prefix_control.json").read_text())
+    assert {"To", "Step"} <= set(controls) and "first operand" not in controls
+    assert (tmp_path / "out" / "prefix_control_Step.csv").exists()
+
+
 def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     """examples/transfer/sibling.py on the tiny model: the sibling's weights differ from the base model's, each
     model gets its own vectors, and every (seed, recipient, donor, decoding, problem) outcome is written."""

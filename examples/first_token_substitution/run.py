@@ -8,19 +8,27 @@ prefix control: start the base model's answer with the token the vector favours 
 problem's first operand) and with "To" (the papers' token), and measure how much of the vector's accuracy
 gain that recovers.
 
+``--task`` runs the same analysis on another task, e.g. the multi-step level whose vectors
+``../multistep/train.py`` trains (``--task multistep:word_addsub --vectors ... --out ...``): the completion length
+is then the task's (256 tokens), and the prefixes are the papers' "To" and "Step" and the token the vector
+favours most at position 0 (the first operand is an arithmetic-only control).
+
     python examples/first_token_substitution/run.py
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp.app.examples import example_parser, start_example
 from steerinterp.app.figures import write_figure
-from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks import load_task
 
 HERE = Path(__file__).parent
 VECTOR = HERE / "results" / "vector-layer29"
@@ -36,14 +44,22 @@ def main():
     ap.add_argument("--vectors", default=str(VECTOR))
     ap.add_argument("--problems", type=int, default=41, help="training problems to sample completions for")
     ap.add_argument("--samples", type=int, default=4, help="sampled evaluations (avg@k) for the prefix control")
+    ap.add_argument("--task", default="arithmetic:add1", help="the task the vectors were trained on")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (add1 32, multi-step 256)")
+    ap.add_argument("--heldout", type=int, default=None, help="only the first N held-out problems (a quick look)")
+    ap.add_argument("--all-completions", action="store_true",
+                    help="analyse every sampled completion, not only those that end with EOS (the papers')")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
 
     vec = si.SteeringSet.load(args.vectors, model=model)
-    task = arithmetic_task("add1")
+    task = load_task(args.task)
+    new_tokens = args.max_new_tokens or task.info.get("max_new_tokens", 32)
     problems = list(task.train)[: args.problems]
-    rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=32, temperature=1.0, seed=0)
-    keep = rollouts.finished.nonzero()[:, 0]  # the papers keep completions that end with EOS
+    rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=new_tokens,
+                           temperature=1.0, seed=0)
+    # the papers keep completions that end with EOS
+    keep = torch.arange(len(rollouts.texts)) if args.all_completions else rollouts.finished.nonzero()[:, 0]
     batch = A.as_batch(rollouts).rows(keep)
 
     shift = A.token_shift(model, batch, vec, track=["To"])
@@ -65,13 +81,22 @@ def main():
     print("logit lens (through the final norm) of the vector, boosted:",
           [lens.vocab[i] for i in lens.top(model.cfg.n_layers - 1)])
 
-    # The papers' control prefixes every answer with the token the vector favours ("To"). Here the vector
-    # favours the problem's first operand (answers become "a + b = c"), so that is the matching prefix.
+    # The papers' control prefixes every answer with the token the vector favours ("To"). On add1 the vector
+    # favours the problem's first operand (answers become "a + b = c"), so that is the matching prefix there; on
+    # other tasks the papers' "Step" and the token the vector favours most at position 0 stand beside "To".
     controls = {}
-    for label, prefix in (("To", "To"), ("first operand", first_operand)):
-        ctrl = A.prefix_control(model, task, vec, prefix=prefix, label=label, samples=args.samples)
+    if args.task.startswith("arithmetic"):
+        prefixes = [("To", "To"), ("first operand", first_operand)]
+    else:
+        top = top_token.strip()
+        single = len(model.tokenizer(top, add_special_tokens=False)["input_ids"]) == 1
+        prefixes = [("To", "To"), ("Step", "Step")] + ([(f"top token {top}", top)] if single and top
+                                                       and top not in ("To", "Step") else [])
+    for label, prefix in prefixes:
+        ctrl = A.prefix_control(model, task, vec, prefix=prefix, label=label, samples=args.samples,
+                                max_new_tokens=new_tokens, problems=list(task.test)[: args.heldout])
         frame = ctrl.to_frame()
-        tag = label.replace(" ", "_")
+        tag = re.sub(r"\W+", "_", label).strip("_")
         frame.to_csv(out / f"prefix_control_{tag}.csv", index=False)
         write_figure(ctrl.plot(), out / f"prefix_control_{tag}.html")
         controls[label] = {"recovered_greedy": ctrl.recovered("greedy"), "recovered_sampled": ctrl.recovered("sampled"),
