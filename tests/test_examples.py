@@ -171,6 +171,28 @@ def test_first_token_substitution_runs_on_the_multistep_task(tmp_path):
     assert (tmp_path / "out" / "prefix_control_Step.csv").exists()
 
 
+def test_penultimate_patching_runs_on_the_multistep_task(tmp_path):
+    """examples/penultimate_patching with --task multistep:...: token-level patching and patched accuracy on that
+    task's held-out problems (tiny model, a random penultimate vector)."""
+    import pandas as pd
+
+    import steerinterp as si
+
+    model = si.load_model("tiny")
+    pen = model.cfg.n_layers - 2
+    si.SteeringSet.from_tensors(model, {pen: torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))}
+                                ).save(tmp_path / "vec", model=model)
+    proc = subprocess.run([sys.executable, "examples/penultimate_patching/run.py", "--model", "tiny", "--threads", "1",
+                           "--out", str(tmp_path / "out"), "--vectors", str(tmp_path / "vec"), "--task",
+                           "multistep:word_addsub", "--problems", "2", "--heldout", "3", "--max-new-tokens", "4",
+                           "--stages", "tokens,accuracy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {"first", "completion", "accuracy_greedy"} <= set(summary)
+    table = pd.read_csv(tmp_path / "out" / "patched_accuracy.csv")
+    assert {"no_patch", "base", "skip_layer"} <= set(table.variant)
+
+
 def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     """examples/transfer/sibling.py on the tiny model: the sibling's weights differ from the base model's, each
     model gets its own vectors, and every (seed, recipient, donor, decoding, problem) outcome is written."""

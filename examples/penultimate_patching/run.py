@@ -9,6 +9,9 @@ generation: held-out accuracy under each patch. Plus the attention diff of every
 route attribution of the logit change (direct path vs the last block's attention and MLP).
 
     python examples/penultimate_patching/run.py
+
+``--task`` runs it on another task, e.g. the multi-step level (``--task multistep:word_addsub --vectors PATH
+--out results/multistep``), with that task's completion length.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp.app.examples import example_parser, start_example
 from steerinterp.app.figures import write_figure
-from steerinterp.tasks import arithmetic_task
+from steerinterp.tasks import load_task
 
 HERE = Path(__file__).parent
 
@@ -32,13 +35,18 @@ def main():
     ap.add_argument("--samples", type=int, default=0, help="sampled evaluations per patch (greedy is always run)")
     ap.add_argument("--stages", default="tokens,attention,routes,accuracy",
                     help="comma-separated subset of tokens, attention, routes, accuracy")
+    ap.add_argument("--task", default="arithmetic:add1", help="the task the vector was trained on")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (add1 32, multi-step 256)")
+    ap.add_argument("--heldout", type=int, default=None, help="only the first N held-out problems (accuracy stage)")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
 
     vec = si.SteeringSet.load(args.vectors, model=model)
-    task = arithmetic_task("add1")
+    task = load_task(args.task)
+    new_tokens = args.max_new_tokens or task.info.get("max_new_tokens", 32)
     problems = list(task.train)[: args.problems]
-    rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=32, temperature=1.0, seed=0)
+    rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=new_tokens,
+                           temperature=1.0, seed=0)
 
     shift = A.token_shift(model, rollouts, vec)
     pos0 = shift.to_frame()
@@ -78,7 +86,8 @@ def main():
     # through generation: the references, every head, every key-value group, and the two attention paths
     keep = ("no_patch", "base", "skip_attn", "skip_layer", "skip_head[", "k[", "v[", "skip_attn->")
     acc_patches = [p for p in patches if p.name.startswith(keep) and not (p.name.startswith("skip_head[") and "->" in p.name)]
-    acc = A.patched_accuracy(model, task, vec, acc_patches, samples=args.samples)
+    acc = A.patched_accuracy(model, task, vec, acc_patches, samples=args.samples, max_new_tokens=new_tokens,
+                             problems=list(task.test)[: args.heldout])
     table = acc.to_frame()
     table.to_csv(out / "patched_accuracy.csv", index=False)
     write_figure(acc.plot(), out / "patched_accuracy_skip_head.html")
