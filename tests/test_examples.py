@@ -260,6 +260,22 @@ def test_diffsae_ablation_chooses_features_by_sign_and_runs(tmp_path):
     assert per_cell.xs("greedy", level="mode").eq(40).all() and per_cell.xs("sampled", level="mode").eq(80).all()
 
 
+def test_example_task_options_take_the_tasks_own_token_budget():
+    """add_task_arguments / example_task, shared by the analysis examples that run on any task: add1 keeps 32 new
+    tokens, the multi-step level its recorded 256, and --max-new-tokens wins."""
+    import argparse
+
+    from steerinterp.app.examples import add_task_arguments, example_task
+
+    ap = argparse.ArgumentParser()
+    add_task_arguments(ap)
+    task, tokens = example_task(ap.parse_args([]))
+    assert task.name == "arithmetic:add1" and tokens == 32
+    task, tokens = example_task(ap.parse_args(["--task", "multistep:word_addsub"]))
+    assert task.name == "multistep:word_addsub" and tokens == 256
+    assert example_task(ap.parse_args(["--task", "multistep:word_addsub", "--max-new-tokens", "128"]))[1] == 128
+
+
 def test_a_library_error_ends_an_example_in_one_line(tmp_path):
     """A SteerInterpError that ends an example prints as ``PROG: error: MESSAGE`` with exit status 2, no traceback;
     STEERINTERP_TRACEBACK=1 brings the traceback back."""

@@ -25,8 +25,7 @@ import torch
 
 import steerinterp as si
 from steerinterp import sae as S
-from steerinterp.app.examples import example_parser, start_example
-from steerinterp.tasks import arithmetic_task
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
 
 HERE = Path(__file__).parent
 VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
@@ -51,15 +50,16 @@ def main():
     ap.add_argument("--saes", default=str(HERE / "results" / "saes"))
     ap.add_argument("--samples", type=int, default=8, help="completions per problem (as run.py)")
     ap.add_argument("--ks", default="1,3,10")
-    ap.add_argument("--tag", default="add1")
+    ap.add_argument("--tag", default="add1", help="prefix of the results files (e.g. multistep for --task multistep:...)")
+    add_task_arguments(ap)
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
     ks = [int(x) for x in args.ks.split(",")]
     vecs = si.SteeringSet.load(args.vectors, model=model)
-    task = arithmetic_task("add1")
+    task, new_tokens = example_task(args)
     dsae = S.load_diff_sae(Path(args.saes) / f"layer{args.layer}")
     gens = S.sample_labelled(model, task, vecs, problems=list(task.train) + list(task.test),
-                             samples_per_problem=args.samples, seed=0, max_new_tokens=32)
+                             samples_per_problem=args.samples, seed=0, max_new_tokens=new_tokens)
     diffs = S.collect_differences(model, gens, vecs, [args.layer], positions="completion", batch_size=16)
     freqs = S.feature_frequencies(dsae, diffs[f"blocks.{args.layer}.hook_resid_post"])
     chosen = chosen_features(freqs, max(ks))
@@ -70,7 +70,8 @@ def main():
             continue
         tf = S.ablate_features(model, gens.output, dsae, features, steering=vecs, ks=kinds_ks)
         kl_rows.append(tf.to_frame().assign(kind=kind))
-        acc = S.ablation_accuracy(model, task, dsae, features, steering=vecs, ks=kinds_ks, samples=2)
+        acc = S.ablation_accuracy(model, task, dsae, features, steering=vecs, ks=kinds_ks, samples=2,
+                                  max_new_tokens=new_tokens)
         outcomes.append(acc.evaluation.details().drop(columns="completion").assign(kind=kind))
         print(f"{kind} {features}: effect lost " + ", ".join(f"top-{k} {v:.3f}" for k, v in zip(kinds_ks, tf.effect_lost))
               + "; greedy " + ", ".join(f"{v} {acc.accuracy(v):.1%}" for v in ["steered"] + [f"top-{k}" for k in kinds_ks]),

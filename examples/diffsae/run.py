@@ -28,9 +28,8 @@ from pathlib import Path
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
 from steerinterp.app.figures import write_figure
-from steerinterp.tasks import arithmetic_task
 from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
@@ -40,7 +39,8 @@ VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
 def main():
     ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(VECTORS))
-    ap.add_argument("--tag", default="add1")
+    ap.add_argument("--tag", default="add1", help="prefix of the results files (e.g. multistep for --task multistep:...)")
+    add_task_arguments(ap)
     ap.add_argument("--layers", default="5,10,15,20,25,29")
     ap.add_argument("--samples", type=int, default=8, help="completions per problem")
     ap.add_argument("--k", type=int, default=16)
@@ -60,12 +60,12 @@ def main():
     summary = {"layers": layers}
 
     vecs = si.SteeringSet.load(args.vectors, model=model)
-    task = arithmetic_task("add1")
+    task, new_tokens = example_task(args)
     problems = list(task.train) + list(task.test)
 
     t0 = time.perf_counter()
     gens = S.sample_labelled(model, task, vecs, problems=problems, samples_per_problem=args.samples, seed=0,
-                             max_new_tokens=32, progress=True)
+                             max_new_tokens=new_tokens, progress=True)
     summary.update(generations=len(gens), accuracy=gens.accuracy, sampling_s=time.perf_counter() - t0)
     print(f"{len(gens)} steered generations, {gens.accuracy:.1%} correct ({time.perf_counter() - t0:.0f} s)")
     gens.to_frame().to_csv(out / f"{args.tag}-generations.csv", index=False)
@@ -142,8 +142,8 @@ def main():
 
     incorrect = freqs[last].top(1, toward="incorrect")[0]
     variants, norms = feature_variants(model, task, vecs, saes[last], attributed=summary["attribution"]["top_positive"],
-                                       incorrect=incorrect)
-    ev = evaluate(model, task, variants, samples=2)
+                                       incorrect=incorrect, max_new_tokens=new_tokens)
+    ev = evaluate(model, task, variants, samples=2, max_new_tokens=new_tokens)
     ev.to_frame().to_csv(out / f"{args.tag}-layer{last}-feature-steering.csv", index=False)
     summary["feature_steering"] = {"norms": norms, "table": ev.to_frame().to_dict(orient="records")}
     print(f"typical contribution norms {norms}")

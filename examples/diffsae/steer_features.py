@@ -22,8 +22,7 @@ import pandas as pd
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
-from steerinterp.app.examples import example_parser, start_example
-from steerinterp.tasks import arithmetic_task
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
 from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
@@ -39,10 +38,12 @@ def typical_norm(dsae, diffs, feature: int) -> float:
     return float(fired.mean() * dsae.sae.W_dec[feature].detach().norm())
 
 
-def feature_variants(model, task, vecs, dsae, *, attributed: int, incorrect: int, multiplier: float = 1.0):
+def feature_variants(model, task, vecs, dsae, *, attributed: int, incorrect: int, multiplier: float = 1.0,
+                     max_new_tokens: int = 32):
     """{name: steering} for the evaluation, and the norms used."""
     problems = list(task.test)
-    rollouts = si.generate(model, task.prompts(model, problems), steering=vecs, max_new_tokens=32, temperature=1.0, seed=1)
+    rollouts = si.generate(model, task.prompts(model, problems), steering=vecs, max_new_tokens=max_new_tokens,
+                           temperature=1.0, seed=1)
     diffs = S.collect_differences(model, rollouts, vecs, [dsae.hook_name], positions="all")[dsae.hook_name]
     norms = {f: multiplier * typical_norm(dsae, diffs, f) for f in {attributed, incorrect}}
     plus = S.feature_vector(dsae, attributed, norm=norms[attributed])
@@ -55,22 +56,24 @@ def feature_variants(model, task, vecs, dsae, *, attributed: int, incorrect: int
 
 def main():
     ap = example_parser(__doc__, HERE)
-    ap.add_argument("--tag", default="add1")
+    ap.add_argument("--vectors", default=str(VECTORS))
+    ap.add_argument("--tag", default="add1", help="prefix of run.py's results files (e.g. multistep)")
+    add_task_arguments(ap)
     ap.add_argument("--layer", type=int, default=29)
     ap.add_argument("--multiplier", type=float, default=1.0)
     ap.add_argument("--samples", type=int, default=2)
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
-    vecs = si.SteeringSet.load(VECTORS, model=model)
-    task = arithmetic_task("add1")
+    vecs = si.SteeringSet.load(args.vectors, model=model)
+    task, new_tokens = example_task(args)
     dsae = S.load_diff_sae(out / "saes" / f"layer{args.layer}")
     attribution = pd.read_csv(out / f"{args.tag}-layer{args.layer}-attribution.csv").dropna(subset=["feature"])
     attributed = int(attribution.sort_values("attribution").feature.iloc[-1])
     freq = pd.read_csv(out / f"{args.tag}-layer{args.layer}-frequencies.csv")
     incorrect = int(freq.sort_values("difference").feature.iloc[0])
     variants, norms = feature_variants(model, task, vecs, dsae, attributed=attributed, incorrect=incorrect,
-                                       multiplier=args.multiplier)
-    ev = evaluate(model, task, variants, samples=args.samples)
+                                       multiplier=args.multiplier, max_new_tokens=new_tokens)
+    ev = evaluate(model, task, variants, samples=args.samples, max_new_tokens=new_tokens)
     table = ev.to_frame()
     table["feature_norms"] = json.dumps({str(k): round(v, 2) for k, v in norms.items()})
     table.to_csv(out / f"{args.tag}-layer{args.layer}-feature-steering.csv", index=False)

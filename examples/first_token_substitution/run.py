@@ -26,9 +26,8 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
 from steerinterp.app.figures import write_figure
-from steerinterp.tasks import load_task
 
 HERE = Path(__file__).parent
 VECTOR = HERE / "results" / "vector-layer29"
@@ -44,8 +43,7 @@ def main():
     ap.add_argument("--vectors", default=str(VECTOR))
     ap.add_argument("--problems", type=int, default=41, help="training problems to sample completions for")
     ap.add_argument("--samples", type=int, default=4, help="sampled evaluations (avg@k) for the prefix control")
-    ap.add_argument("--task", default="arithmetic:add1", help="the task the vectors were trained on")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (add1 32, multi-step 256)")
+    add_task_arguments(ap)
     ap.add_argument("--heldout", type=int, default=None, help="only the first N held-out problems (a quick look)")
     ap.add_argument("--all-completions", action="store_true",
                     help="analyse every sampled completion, not only those that end with EOS (the papers')")
@@ -53,8 +51,7 @@ def main():
     args, out, model = ex.args, ex.out, ex.model
 
     vec = si.SteeringSet.load(args.vectors, model=model)
-    task = load_task(args.task)
-    new_tokens = args.max_new_tokens or task.info.get("max_new_tokens", 32)
+    task, new_tokens = example_task(args)
     problems = list(task.train)[: args.problems]
     rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=new_tokens,
                            temperature=1.0, seed=0)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
 from steerinterp.app.figures import write_figure
-from steerinterp.tasks import load_task
 
 HERE = Path(__file__).parent
 
@@ -35,15 +34,13 @@ def main():
     ap.add_argument("--samples", type=int, default=0, help="sampled evaluations per patch (greedy is always run)")
     ap.add_argument("--stages", default="tokens,attention,routes,accuracy",
                     help="comma-separated subset of tokens, attention, routes, accuracy")
-    ap.add_argument("--task", default="arithmetic:add1", help="the task the vector was trained on")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (add1 32, multi-step 256)")
+    add_task_arguments(ap)
     ap.add_argument("--heldout", type=int, default=None, help="only the first N held-out problems (accuracy stage)")
     ex = start_example(ap)
     args, out, model = ex.args, ex.out, ex.model
 
     vec = si.SteeringSet.load(args.vectors, model=model)
-    task = load_task(args.task)
-    new_tokens = args.max_new_tokens or task.info.get("max_new_tokens", 32)
+    task, new_tokens = example_task(args)
     problems = list(task.train)[: args.problems]
     rollouts = si.generate(model, task.prompts(model, problems), steering=vec, max_new_tokens=new_tokens,
                            temperature=1.0, seed=0)

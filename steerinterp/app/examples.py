@@ -75,6 +75,22 @@ def one_line_errors(prog: str) -> None:
     sys.excepthook = hook
 
 
+def add_task_arguments(parser: argparse.ArgumentParser, default: str = "arithmetic:add1") -> None:
+    """``--task`` (the task the vectors were trained on) and ``--max-new-tokens`` (default: the task's own, 32
+    unless it records one, e.g. the multi-step levels' 256), for an analysis example that runs on any task."""
+    parser.add_argument("--task", default=default, help=f"the task the vectors were trained on (default {default})")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="tokens per completion (default: the task's; add1 32, multi-step 256)")
+
+
+def example_task(args) -> tuple[Any, int]:
+    """(task, tokens per completion) from ``add_task_arguments``' options."""
+    from steerinterp.tasks import load_task
+
+    task = load_task(args.task)
+    return task, args.max_new_tokens or int(task.info.get("max_new_tokens", 32))
+
+
 def train_resumably(model, task, runs: Mapping[Path, Any], *, progress: bool = True) -> list[Path]:
     """Train each ``{run directory: TrainConfig}`` in order, each resuming exactly where it stopped (a finished
     run is left as it is, without taking its write lock), so a long protocol (seeds x arms) can be split across
