@@ -65,7 +65,8 @@ def main():
     csv, info_path = out / f"pairs_{args.mode}.csv", out / f"pairs_{args.mode}.json"
     samples = args.samples if args.mode == "sampled" else 0
     settings = {"task": TASK, "mode": args.mode, "samples": samples}
-    old_rows, old_sources = ({}, {}) if args.fresh else previous(csv, info_path, settings)
+    problems = {str(p.id) for p in task.test}
+    old_rows, old_sources = ({}, {}) if args.fresh else previous(csv, info_path, settings, problems)
     rows, sources = dict(old_rows), dict(old_sources)
     for seed in sorted(by_seed):
         files = {f"{i}+{i}": [by_seed[seed][i].vectors_path()] for i in layers}
@@ -105,16 +106,18 @@ def reference_paths(reference: str, runs, seeds: list[int]) -> dict[int, Path]:
     return {seed: found[seed] for seed in seeds}
 
 
-def previous(csv: Path, info_path: Path, settings: dict) -> tuple[dict[int, pd.DataFrame], dict[int, dict]]:
-    """The outcomes and per-variant vector digests of an earlier run with the same task, mode and samples, by
-    training seed (nothing when there is none or its settings differ)."""
+def previous(csv: Path, info_path: Path, settings: dict, problems: set[str]
+             ) -> tuple[dict[int, pd.DataFrame], dict[int, dict]]:
+    """The outcomes and per-variant vector digests of an earlier run with the same task, mode and samples and
+    the same held-out problems, by training seed (nothing when there is none or it differs)."""
     if not (csv.exists() and info_path.exists()):
         return {}, {}
     info = json.loads(info_path.read_text())
-    if any(info.get(k) != v for k, v in settings.items()) or "sources" not in info:
-        print(f"{csv.name}: written with other settings or without vector digests; evaluating everything", flush=True)
+    frame = pd.read_csv(csv, dtype={"problem": str}).rename(columns={"sample_seed": "seed"})
+    if any(info.get(k) != v for k, v in settings.items()) or "sources" not in info or set(frame.problem) != problems:
+        print(f"{csv.name}: written with other settings, problems or without vector digests; evaluating everything",
+              flush=True)
         return {}, {}
-    frame = pd.read_csv(csv).rename(columns={"sample_seed": "seed"})
     return ({int(s): g.drop(columns="train_seed") for s, g in frame.groupby("train_seed")},
             {int(s): src for s, src in info["sources"].items()})
 
