@@ -29,7 +29,7 @@ import pandas as pd
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, finished_runs, single_layer_seeds, start_example
+from steerinterp.app.examples import example_parser, finished_runs, single_layer_seeds, start_example, write_csv
 from steerinterp.errors import SteerInterpError
 from steerinterp.steering.io import read_metadata
 from steerinterp.tasks import load_task
@@ -136,8 +136,7 @@ def write(csv: Path, info_path: Path, rows: dict, sources: dict, settings: dict,
     frame = pd.concat([r.assign(train_seed=s) for s, r in sorted(rows.items())], ignore_index=True)
     frame = frame.rename(columns={"seed": "sample_seed"})
     frame["correct"] = frame["correct"].astype(int)
-    frame.to_csv(csv.with_suffix(".part"), index=False)
-    csv.with_suffix(".part").replace(csv)
+    write_csv(frame, csv)
     info = {**settings, "layers": record["layers"], "training_seeds": sorted(rows),
             "runs": repo_relative(record["runs"]), "reference": record["reference"],
             "reference_paths": {str(s): repo_relative(p) for s, p in sorted(record["refs"].items())},

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 import steerinterp as si
-from steerinterp.app.examples import example_parser, finished_runs, start_example
+from steerinterp.app.examples import example_parser, finished_runs, start_example, write_csv
 from steerinterp.tasks import load_task
 from steerinterp.tasks.evaluation import evaluate
 
@@ -58,8 +58,7 @@ def main():
             at_cap=lambda x: x["n_tokens"] >= args.max_new_tokens,
             first_word=lambda x: x["completion"].map(first_word))
         d["correct"] = d["correct"].astype(int)
-        d.to_csv(target.with_suffix(".part"), index=False)
-        target.with_suffix(".part").replace(target)
+        write_csv(d, target)
         print(f"{name}: greedy {d[d['mode'] == 'greedy'].correct.mean():.1%}, "
               f"sampled {d[d['mode'] == 'sampled'].correct.mean():.1%}", flush=True)
     (out / "info.json").write_text(json.dumps({

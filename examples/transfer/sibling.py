@@ -23,7 +23,7 @@ import pandas as pd
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example, train_resumably
+from steerinterp.app.examples import example_parser, start_example, train_resumably, write_csv
 from steerinterp.models import load_finetuned, load_model
 from steerinterp.rl import TrainConfig
 from steerinterp.run_dir import RunDir
@@ -74,11 +74,9 @@ def main():
         rows = pd.concat(frames, ignore_index=True).rename(columns={"seed": "sample_seed"})
         rows["correct"] = rows["correct"].astype(int)
         rows["twin_in_training"] = rows["problem"].map(twins).astype(int)
-        rows.to_csv(out.with_suffix(".part"), index=False)
-        out.with_suffix(".part").replace(out)
+        write_csv(rows, out)
     done = sorted(root.glob("transfer-seed*.csv"))
-    pd.concat([pd.read_csv(f) for f in done], ignore_index=True).to_csv(root / "transfer.part", index=False)
-    (root / "transfer.part").replace(root / "transfer.csv")
+    write_csv(pd.concat([pd.read_csv(f) for f in done], ignore_index=True), root / "transfer.csv")
     distance = A.weight_change(base, sibling)  # how far apart the two family members are
     (root / "info.json").write_text(json.dumps({
         "task": "arithmetic:add1", "sibling": f"full RL fine-tuning on {args.sibling_task}, {args.sibling_steps} steps, "

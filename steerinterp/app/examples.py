@@ -75,6 +75,14 @@ def one_line_errors(prog: str) -> None:
     sys.excepthook = hook
 
 
+def write_csv(frame, path) -> None:
+    """Write a results table atomically: a ``.part`` file renamed over ``path``, so a process killed mid-write
+    never leaves half a results file for a reader or a resumed run."""
+    part = Path(path).with_suffix(".part")
+    frame.to_csv(part, index=False)
+    part.replace(path)
+
+
 def add_task_arguments(parser: argparse.ArgumentParser, default: str = "arithmetic:add1") -> None:
     """``--task`` (the task the vectors were trained on) and ``--max-new-tokens`` (default: the task's own, 32
     unless it records one, e.g. the multi-step levels' 256), for an analysis example that runs on any task."""
