@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--hooked", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the HookedTransformer reference engine (default on)")
+    ap.add_argument("--dtype", default="auto", help="steerinterp's model dtype (auto: bfloat16 on an AMX / "
+                    "AVX512-BF16 CPU, else float32); transformers always runs float32, the baseline the goals name")
     ap.add_argument("--zoo", nargs="+", metavar="ARCH", help="zoo architectures (models.ZOO names, or 'all')")
     ap.add_argument("--tiny", action="store_true", help="with --zoo: the zoo's tiny checkpoints, not SmolLM2's shape")
     args = ap.parse_args()
@@ -160,8 +162,12 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    from steerinterp.models import resolve_dtype
+
+    choice = resolve_dtype(args.dtype, "cpu")
     print(f"threads={args.threads} new_tokens={args.new_tokens} repeats={args.repeats} (median tokens/s; "
           "one steering vector per layer, temperature 1)")
+    print(f"steerinterp in {choice.name} ({choice.reason}); transformers in float32")
     print("| model | batch | transformers generate | steerinterp fast engine | steerinterp hooked engine |")
     print("|---|---|---|---|---|")
     ratios = []
@@ -169,7 +175,7 @@ def main():
         from steerinterp.models.gguf import gguf_to_hf_checkpoint
 
         directory = gguf_to_hf_checkpoint()
-        model = si.load_model(device="cpu")
+        model = si.load_model(device="cpu", dtype=choice.dtype)
         hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
         ratios += bench("SmolLM2-135M (embedded)", model, hf, AutoTokenizer.from_pretrained(str(directory)), args)
     else:
@@ -179,7 +185,7 @@ def main():
         for name in names:
             with tempfile.TemporaryDirectory(prefix=f"steerinterp-bench-{name}-") as tmp:
                 directory = zoo_checkpoint(name) if args.tiny else zoo_shaped_checkpoint(name, Path(tmp))
-                model = si.load_model(directory, device="cpu")
+                model = si.load_model(directory, device="cpu", dtype=choice.dtype)
                 hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
                 label = f"{name} ({'tiny' if args.tiny else 'SmolLM2 shape'})"
                 ratios += bench(label, model, hf, AutoTokenizer.from_pretrained(str(directory)), args)

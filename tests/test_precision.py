@@ -8,15 +8,17 @@ give ``automatic_dtype`` its inputs.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.errors import ModelLoadError
-from steerinterp.models import automatic_dtype, dtype_choice, resolve_dtype
-from steerinterp.models.precision import DTYPE_ENV, cpu_flags, parse_dtype
+from steerinterp.errors import ModelLoadError, SteerInterpError
+from steerinterp.generation.hf_mirror import MirrorUnsupported, build_hf_mirror, check_mirror
+from steerinterp.models import ZOO, automatic_dtype, dtype_choice, resolve_dtype, zoo_checkpoint
+from steerinterp.models.precision import DTYPE_ENV, cpu_flags, float32_arithmetic, parse_dtype
 from steerinterp.types import model_spec
 
 AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -117,6 +119,60 @@ def test_bfloat16_sampler_and_trainer_log_probs_differ_by_rounding_only(tiny_bf1
     assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
 
 
+# ---- float32 arithmetic on half-precision weights; the fast engine in bfloat16 ----------------------------
+def test_float32_arithmetic_computes_every_operation_in_float32():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 7, generator=g).bfloat16(), torch.randn(7, 3, generator=g).bfloat16()
+    with float32_arithmetic():
+        prod = a @ b
+        back = prod.to(torch.bfloat16)
+        made = torch.zeros(2, dtype=torch.bfloat16)
+    assert prod.dtype == back.dtype == made.dtype == torch.float32
+    assert torch.equal(prod, a.float() @ b.float())  # the same float32 product, bit for bit
+    assert (a @ b).dtype == torch.bfloat16  # nothing leaks out of the context
+
+
+def test_float32_arithmetic_forward_is_the_bfloat16_weights_function(tiny_bf16):
+    # oracle: a float64 model holding exactly the bfloat16 model's values (weights and buffers)
+    oracle = si.load_model("tiny", device="cpu", dtype=torch.float64)
+    oracle.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in tiny_bf16.state_dict().items()})
+    ids = torch.randint(0, oracle.cfg.d_vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = oracle(ids)
+        rounded = tiny_bf16(ids).double()
+        with float32_arithmetic():
+            upcast = tiny_bf16(ids)
+    assert upcast.dtype == torch.float32
+    assert (upcast.double() - exact).abs().max() < 1e-4  # float32 rounding only
+    assert (rounded - exact).abs().max() > 1e-3  # what bfloat16 arithmetic adds
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_the_fast_engine_runs_in_bfloat16_for_every_architecture(name):
+    model = si.load_model(zoo_checkpoint(name), device="cpu", dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = si.generate(model, ["hello there", "ab"], max_new_tokens=4, temperature=0)
+    assert out.engine == "hf", [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mistake", ["layers swapped", "query heads permuted"])
+def test_a_structurally_wrong_mirror_fails_the_self_check(dtype, mistake):
+    model = si.load_model("tiny", device="cpu", dtype=dtype)
+    hf = build_hf_mirror(model).hf
+    layers = hf.model.layers
+    if mistake == "layers swapped":
+        layers[0], layers[1] = layers[1], layers[0]
+    else:
+        q = layers[0].self_attn.q_proj
+        heads = model.cfg.n_heads
+        weight = q.weight.detach().clone().view(heads, -1, model.cfg.d_model).roll(1, dims=0)
+        q.weight = torch.nn.Parameter(weight.reshape(q.weight.shape), requires_grad=False)
+    with pytest.raises(MirrorUnsupported, match="HF mirror (disagrees|is less accurate)"):
+        check_mirror(model, hf)
+
+
 # ---- RL in bfloat16 --------------------------------------------------------------------------------------
 def test_bfloat16_training_keeps_vectors_and_optimizer_state_in_float32(tiny_bf16, tmp_path):
     from steerinterp.rl import TrainConfig, Trainer
@@ -134,6 +190,14 @@ def test_bfloat16_training_keeps_vectors_and_optimizer_state_in_float32(tiny_bf1
         assert 0 < row["logprob_gap"] < 0.05 and abs(row["sampler_trainer_kl"]) < 0.05
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["model"]["dtype"] == "bfloat16" and record["dtype_reason"] == "asked for"
+    # resuming in another dtype is refused, naming both dtypes and the flag that fixes it
+    before = (tmp_path / "run" / "run.json").read_text()
+    with pytest.raises(SteerInterpError, match=r"trained in bfloat16 and this model is float32; load it with "
+                                               r"dtype='bfloat16' \(--dtype bfloat16\)"):
+        Trainer(si.load_model("tiny", device="cpu", dtype=torch.float32), load_task("arithmetic:add1"),
+                TrainConfig(steps=3, max_new_tokens=6, prompts_per_step=2, group_size=4, lr=0.05),
+                RunDir(tmp_path / "run")).train(resume=True)
+    assert (tmp_path / "run" / "run.json").read_text() == before  # nothing lost
 
 
 def test_float32_training_logs_a_rounding_sized_gap(tiny):

@@ -13,8 +13,12 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
+import torch
+
 import steerinterp as si
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
+from steerinterp.models import dtype_choice
 from steerinterp.rl import TrainConfig, Trainer
 from steerinterp.tasks import arithmetic_task
 from steerinterp.tasks.evaluation import evaluate
@@ -48,13 +52,19 @@ def main():
     tag += "" if args.parametrisation == "vector" else f"-{args.parametrisation}"
     tag += "" if args.problem_sampling == "epochs" else f"-{args.problem_sampling}"
     tag += "" if args.warmup_ratio is None else f"-warmup{args.warmup_ratio:g}"
+    dtype = dtype_choice(model)
+    tag += "" if dtype.dtype == torch.float32 else f"-{dtype.name}"  # a bfloat16 run never overwrites float32 results
     summary = {"level": args.level, "task": repr(task), "steps": args.steps, "lr": args.lr,
                "parametrisation": args.parametrisation, "split": args.split,
-               "problem_sampling": args.problem_sampling, "warmup_ratio": args.warmup_ratio, "seeds": {}}
+               "problem_sampling": args.problem_sampling, "warmup_ratio": args.warmup_ratio,
+               "dtype": dtype.name, "dtype_reason": dtype.reason, "seeds": {}}
+    rows = []  # every held-out completion (variant, mode, sample seed, problem), for intervals over problems
     if not args.skip_base:
         t = time.time()
-        base = evaluate(model, task, {"base": None}, samples=args.eval_samples).to_frame()
+        base_eval = evaluate(model, task, {"base": None}, samples=args.eval_samples)
+        base = base_eval.to_frame()
         summary["base"] = base.to_dict("records")[0]
+        rows += [{**r, "training_seed": None} for r in base_eval.rows]
         print(base.to_string(index=False), f"({time.time() - t:.0f} s)", flush=True)
     for k, seed in enumerate(args.seeds):
         if args.parametrisation == "full" and k:
@@ -66,7 +76,10 @@ def main():
         result = Trainer(model, task, cfg, run_dir).train(resume=args.resume)
         df = result.to_frame()
         variant = {"steered": result.steering.detached()} if result.steering is not None else {"fine-tuned": None}
-        ev = evaluate(model, task, variant, samples=args.eval_samples).to_frame()
+        ev_result = evaluate(model, task, variant, samples=args.eval_samples)
+        rows += [{**r, "training_seed": seed} for r in ev_result.rows]
+        write_csv(pd.DataFrame(rows), out / f"{tag}-heldout.csv")
+        ev = ev_result.to_frame()
         row = ev.to_dict("records")[0]
         row.update({
             "sec_sampling_per_step": float(df["seconds_sampling"].mean()),

@@ -54,8 +54,11 @@ def sample_next(
     ``softmax(logits / temperature)`` (temperature 1 when greedy) before the nucleus cut: the quantity the
     trainer's teacher-forced pass recomputes, so the two can be compared (``GenerationOutput.logprobs``).
 
-    Sampling uses the exponential race (argmax of p_i / E_i with E_i ~ Exp(1)), an exact sampler whose
-    noise can come from one generator per row.
+    Sampling inverts the cumulative distribution: one uniform draw per row (from that row's generator when
+    there is one per row), located in the float64 running sum of the probabilities. Exact to float64 rounding
+    (a token of probability zero is never chosen), and one random number per row rather than one per
+    vocabulary entry: on the embedded model's 49,152 tokens the per-entry noise the sampler drew before
+    (an exponential race) took about a third of a batch-64 decode step.
     """
     if temperature == 0:
         chosen = logits.argmax(-1)
@@ -68,13 +71,19 @@ def sample_next(
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         kept = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    noise = torch.empty_like(kept)
-    if generators is None:
-        noise.exponential_()
-    elif len(generators) == 1:
-        noise.exponential_(generator=generators[0])
-    else:
-        for row, g in zip(noise, generators):
-            row.exponential_(generator=g)
-    chosen = (kept / noise).argmax(-1)
+    cdf = torch.cumsum(kept, -1, dtype=torch.float64)
+    total = cdf[:, -1]
+    # u * total < total, also after rounding: the chosen entry is one where the running sum rises (p > 0)
+    target = torch.minimum(uniforms(kept.shape[0], generators, kept.device) * total,
+                           torch.nextafter(total, torch.zeros_like(total)))
+    chosen = torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
     return chosen, probs.gather(-1, chosen[:, None])[:, 0].log()
+
+
+def uniforms(n: int, generators: list[torch.Generator] | None, device) -> Float[torch.Tensor, "n"]:
+    """``n`` float64 draws from [0, 1): from the global RNG, one generator, or one generator per row."""
+    if generators is None:
+        return torch.rand(n, dtype=torch.float64, device=device)
+    if len(generators) == 1:
+        return torch.rand(n, dtype=torch.float64, device=device, generator=generators[0])
+    return torch.cat([torch.rand(1, dtype=torch.float64, device=device, generator=g) for g in generators])

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
 from steerinterp.errors import ModelLoadError
 
@@ -30,6 +32,8 @@ DTYPE_ENV = "STEERINTERP_DTYPE"
 #: CPU flags (as /proc/cpuinfo spells them) whose presence makes bfloat16 the fast dtype
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "float64")
+#: dtypes whose arithmetic rounds to about 3 significant digits
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -108,3 +112,24 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
     if parsed == AUTO:
         return automatic_dtype(device)
     return DtypeChoice(parsed, "asked for")
+
+
+def _to_float32(x):
+    if isinstance(x, torch.Tensor) and x.dtype in HALF_DTYPES:
+        return x.float()
+    if isinstance(x, torch.dtype) and x in HALF_DTYPES:
+        return torch.float32
+    return x
+
+
+class float32_arithmetic(TorchFunctionMode):  # noqa: N801 (a context manager, named like one)
+    """Inside ``with float32_arithmetic():`` every torch operation computes in float32: half-precision tensor
+    arguments are upcast on the way in (one temporary copy per operation, never the whole model at once) and
+    a half-precision ``dtype`` argument (``x.to(torch.bfloat16)``, ``torch.zeros(..., dtype=...)``) reads as
+    float32. A bfloat16 model then computes the function its stored weights define, rounded like float32:
+    the reference its own bfloat16 forward is a rounding of. Tables a model precomputed in its dtype (e.g.
+    TransformerLens's rotary sin/cos) stay as rounded as they were stored. Several times slower than the model's
+    own forward: for checks, not for work."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*tree_map(_to_float32, args), **tree_map(_to_float32, kwargs or {}))

@@ -414,6 +414,11 @@ class Trainer:
         if record.task_digest is not None and record.task_digest != task_id:
             raise SteerInterpError(f"cannot resume: the task's problems or prompts differ from the run's "
                                    f"({record.task or record.task_name}: the data changed since)", setting="task")
+        now = model_spec(self.model).dtype
+        if record.model is not None and record.model.dtype not in (None, now):
+            raise SteerInterpError(f"cannot resume: the run was trained in {record.model.dtype} and this model is "
+                                   f"{now}; load it with dtype={record.model.dtype!r} (--dtype {record.model.dtype})",
+                                   setting="dtype")
         if record.model_fingerprint is not None and record.model_fingerprint != model_id:
             was = record.model.describe() if record.model is not None else "another model"
             raise SteerInterpError(f"cannot resume: the run was trained on {was}; this model's weights differ "
