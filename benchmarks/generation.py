@@ -19,6 +19,7 @@ of 64, 3 key/value heads, MLP 1536, SmolLM2's 49,152-token tokenizer) in a tempo
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -110,7 +111,7 @@ def zoo_shaped_checkpoint(name: str, directory: Path) -> Path:
     return directory
 
 
-def bench(label, model, hf, tok, args):
+def bench(label, model, hf, tok, args, rows: list[dict]):
     tok.padding_side = "left"
     g = torch.Generator().manual_seed(0)
     tensors = {layer: 0.5 * torch.randn(model.cfg.d_model, generator=g) for layer in range(model.cfg.n_layers)}
@@ -136,11 +137,12 @@ def bench(label, model, hf, tok, args):
                 hooked.append(timed(lambda p=prompts, r=r: si_generate(model, p, vecs, args.new_tokens, r, "hooked")))
         hb, ho = statistics.median(base), statistics.median(ours)
         line = f"| {label} | {b} | {hb:.1f} | {ho:.1f} ({ho / hb:.2f}x) |"
+        hh = statistics.median(hooked) if hooked else None
         if hooked:
-            hh = statistics.median(hooked)
             line += f" {hh:.1f} ({hh / hb:.2f}x) |"
         print(line, flush=True)
         ratios.append(ho / hb)
+        rows.append({"model": label, "batch": b, "engine": engine, "transformers": hb, "fast": ho, "hooked": hh})
     return ratios
 
 
@@ -154,6 +156,7 @@ def main():
                     help="also time the HookedTransformer reference engine (default on)")
     ap.add_argument("--dtype", default="auto", help="steerinterp's model dtype (auto: bfloat16 on an AMX / "
                     "AVX512-BF16 CPU, else float32); transformers always runs float32, the baseline the goals name")
+    ap.add_argument("--json", default=None, help="also write the table to this JSON file (benchmarks/results/)")
     ap.add_argument("--zoo", nargs="+", metavar="ARCH", help="zoo architectures (models.ZOO names, or 'all')")
     ap.add_argument("--tiny", action="store_true", help="with --zoo: the zoo's tiny checkpoints, not SmolLM2's shape")
     args = ap.parse_args()
@@ -170,14 +173,14 @@ def main():
     print(f"steerinterp in {choice.name} ({choice.reason}); transformers in float32")
     print("| model | batch | transformers generate | steerinterp fast engine | steerinterp hooked engine |")
     print("|---|---|---|---|---|")
-    ratios = []
+    ratios, rows = [], []
     if not args.zoo:
         from steerinterp.models.gguf import gguf_to_hf_checkpoint
 
         directory = gguf_to_hf_checkpoint()
         model = si.load_model(device="cpu", dtype=choice.dtype)
         hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
-        ratios += bench("SmolLM2-135M (embedded)", model, hf, AutoTokenizer.from_pretrained(str(directory)), args)
+        ratios += bench("SmolLM2-135M (embedded)", model, hf, AutoTokenizer.from_pretrained(str(directory)), args, rows)
     else:
         from steerinterp.models.zoo import ZOO, zoo_checkpoint
 
@@ -188,9 +191,19 @@ def main():
                 model = si.load_model(directory, device="cpu", dtype=choice.dtype)
                 hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
                 label = f"{name} ({'tiny' if args.tiny else 'SmolLM2 shape'})"
-                ratios += bench(label, model, hf, AutoTokenizer.from_pretrained(str(directory)), args)
+                ratios += bench(label, model, hf, AutoTokenizer.from_pretrained(str(directory)), args, rows)
                 del model, hf
     print(f"\nmin fast-engine ratio {min(ratios):.2f} (goal >= 0.90)")
+    if args.json:
+        from steerinterp.models import cpu_bf16_flags
+        from steerinterp.models.precision import cpu_name
+
+        record = {"cpu": cpu_name(), "bf16_flags": cpu_bf16_flags(), "date": time.strftime("%Y-%m-%d"),
+                  "time": time.strftime("%H:%M:%S"),
+                  "threads": args.threads, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                  "dtype": choice.name, "dtype_reason": choice.reason, "transformers_dtype": "float32", "rows": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -35,14 +34,7 @@ from torch.utils.flop_counter import flop_registry
 
 import steerinterp as si
 from steerinterp.models import automatic_dtype, cpu_bf16_flags
-from steerinterp.models.precision import parse_dtype
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
+from steerinterp.models.precision import cpu_name, parse_dtype
 
 
 def seconds(fn, repeats: int) -> float:
@@ -96,8 +88,9 @@ def peak_gemm(dtype: torch.dtype, repeats: int) -> dict[str, float]:
     return rates
 
 
-def phases(model, rows: int, tokens: int, new_tokens: int, repeats: int) -> dict[str, tuple[float, int]]:
-    """(seconds, FLOPs) of prefill, gradient and decode on ``model`` with one random vector per layer."""
+def phases(model, rows: int, tokens: int, new_tokens: int, repeats: int) -> tuple[dict[str, tuple[float, int]], str]:
+    """(seconds, FLOPs) of prefill, gradient and decode on ``model`` with one random vector per layer, and the
+    engine ``generate`` decoded with ("hf": the fast mirror; "hooked": the fallback)."""
     g = torch.Generator().manual_seed(0)
     vecs = si.SteeringSet.zeros(model, "all")
     with torch.no_grad():
@@ -118,15 +111,17 @@ def phases(model, rows: int, tokens: int, new_tokens: int, repeats: int) -> dict
 
     prompts = [[int(t) for t in row[: tokens // 2]] for row in ids[:rows]]
 
+    engines = []
+
     def decode():
-        si.generate(model, prompts, steering=vecs, max_new_tokens=new_tokens, seed=list(range(rows)),
-                    stop_at_eos=False)
+        engines.append(si.generate(model, prompts, steering=vecs, max_new_tokens=new_tokens, seed=list(range(rows)),
+                                   stop_at_eos=False).engine)
 
     out = {}
     for name, fn in (("prefill", prefill), ("gradient", gradient), ("decode", decode)):
         fn()  # warm-up
         out[name] = (seconds(fn, repeats), flops_of(fn))
-    return out
+    return out, engines[-1]
 
 
 def logprob_gap(model, new_tokens: int = 24) -> tuple[float, float]:
@@ -192,6 +187,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=24, help="decode: new tokens per row")
     ap.add_argument("--rl-step", action="store_true", help="also time one RL step against the prototype")
     ap.add_argument("--json", default=None, help="also write everything printed to this JSON file")
+    ap.add_argument("--note", default=None, help="a line kept in the JSON record (what this run is a baseline for)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -207,7 +203,8 @@ def main():
     record = {"cpu": cpu_name(), "bf16_flags": flags, "auto": [auto.name, auto.reason],
               "threads": args.threads, "torch": torch.__version__, "model": args.model or "embedded",
               "rows": args.rows, "tokens": args.tokens, "new_tokens": args.new_tokens,
-              "date": time.strftime("%Y-%m-%d"), "peak_gflops": {}, "phases": {}, "logprob_gap": {}}
+              "note": args.note, "date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S"),
+              "peak_gflops": {}, "phases": {}, "logprob_gap": {}}
     peaks = {}
     print("\npeak GEMM (GFLOP/s):")
     for dt in (torch.float32, torch.bfloat16):
@@ -221,9 +218,10 @@ def main():
     for dt in dtypes:
         model = si.load_model(args.model, dtype=dt, device="cpu")
         name = str(dt).removeprefix("torch.")
-        results[dt] = phases(model, args.rows, args.tokens, args.new_tokens, args.repeats)
+        results[dt], engine = phases(model, args.rows, args.tokens, args.new_tokens, args.repeats)
+        record.setdefault("decode_engine", {})[name] = engine
         print(f"\n{name}: {args.rows} rows x {args.tokens} tokens (gradient: last {args.tokens // 2} are the "
-              f"completion); decode {args.rows} x {args.new_tokens} new tokens")
+              f"completion); decode {args.rows} x {args.new_tokens} new tokens with the {engine} engine")
         for phase, (sec, flops) in results[dt].items():
             rate = flops / sec / 1e9
             print(f"  {phase:8s} {sec:7.2f} s  {flops / 1e9:8.1f} GFLOP  {rate:7.1f} GFLOP/s  "

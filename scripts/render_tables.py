@@ -464,6 +464,89 @@ def t_rl_docs() -> str:
     return md_table(["task", "variant", "greedy", f"sampled avg@{k}"], rows)
 
 
+# --- bfloat16 against float32 training (docs/benchmarks.md) ------------------------------------------------
+
+BF16 = f"{RL}/add1-bfloat16-summary.json"
+BF16_ROWS = f"{RL}/add1-bfloat16-heldout.csv"
+
+
+@cache
+def bf16_per_problem(training_seed: str) -> dict:
+    """From add1-bfloat16-heldout.csv: per problem greedy correctness and sampled accuracy of the bfloat16
+    run's base ("" = base) or one training seed's vectors, cross-checked against its summary."""
+    rows = [r for r in C(BF16_ROWS) if r["training_seed"] == training_seed]
+    greedy = {r["problem"]: r["correct"] == "True" for r in rows if r["mode"] == "greedy"}
+    sampled = defaultdict(list)
+    for r in rows:
+        if r["mode"] == "sampled":
+            sampled[r["problem"]].append(r["correct"] == "True")
+    problems = sorted(greedy)
+    summ = J(BF16)["base"] if training_seed == "" else J(BF16)["seeds"][training_seed]
+    if not math.isclose(np.mean([greedy[p] for p in problems]), summ["greedy_acc"], abs_tol=1e-9):
+        raise ValueError(f"{BF16_ROWS} (training seed {training_seed or 'base'}) disagrees with {BF16}")
+    return {"problems": problems, "greedy": [greedy[p] for p in problems],
+            "sampled": [float(np.mean(sampled[p])) for p in problems]}
+
+
+def bf16_pairs() -> tuple[list[str], dict[str, list[dict]]]:
+    """Training seeds present in both precisions, and per precision the per-problem outcomes of each, aligned
+    by problem (the same 40 held-out problems)."""
+    seeds_ = sorted(set(J(BF16)["seeds"]) & set(J(ADD1)["seeds"]), key=int)
+    fp32 = [per_problem(f"add1-seed{i}", True) for i in seeds_]
+    bf16 = [bf16_per_problem(i) for i in seeds_]
+    if any(b["problems"] != sorted(b["problems"]) or len(b["greedy"]) != f["n"] for b, f in zip(bf16, fp32)):
+        raise ValueError(f"{BF16_ROWS} does not cover the float32 run's held-out problems")
+    return seeds_, {"float32": fp32, "bfloat16": bf16}
+
+
+def bf16_diff(mode: str) -> tuple[float, float, float]:
+    """bfloat16 - float32 held-out accuracy over the shared training seeds, paired by seed and problem."""
+    _, runs = bf16_pairs()
+    arrays = [np.array([np.asarray(r[mode], dtype=float) for r in runs[d]]) for d in ("bfloat16", "float32")]
+    return boot_stat_seeds(arrays, lambda a, b: a - b)
+
+
+def bf16_metrics(seed: str, dtype: str) -> list[dict]:
+    path = f"{RL}/add1-bfloat16-seed{seed}-metrics.csv" if dtype == "bfloat16" else f"{RL}/add1-seed{seed}-metrics.csv"
+    return C(path)
+
+
+def t_bf16_learning() -> str:
+    seeds_, runs = bf16_pairs()
+    rows = []
+    for dtype, summary in (("float32", J(ADD1)), ("bfloat16", J(BF16))):
+        base = per_problem("base", True) if dtype == "float32" else bf16_per_problem("")
+        rows.append([dtype, "base", f"{pct(np.mean(base['greedy']))} {ci(base['greedy'])}",
+                     f"{pct(np.mean(base['sampled']))} {ci(base['sampled'])}", "", ""])
+        for i, r in zip(seeds_, runs[dtype]):
+            m = bf16_metrics(i, dtype)
+            last5 = np.mean([float(x["accuracy"]) for x in m[-5:]])
+            gap = f"{sci(np.mean([float(x['logprob_gap']) for x in m]))}" if "logprob_gap" in m[0] else "not logged"
+            rows.append([dtype, f"steering, training seed {i} ({summary['steps']} steps)",
+                         f"{pct(np.mean(r['greedy']))} {ci(r['greedy'])}", f"{pct(np.mean(r['sampled']))} {ci(r['sampled'])}",
+                         pct(last5), gap])
+        g = boot_ci_seeds([r["greedy"] for r in runs[dtype]])
+        smp = boot_ci_seeds([r["sampled"] for r in runs[dtype]])
+        rows.append([dtype, f"steering, seeds {' and '.join(seeds_)} pooled",
+                     f"{pct(np.mean([r['greedy'] for r in runs[dtype]]))} [{pct_n(g[0])}, {pct_n(g[1])}]",
+                     f"{pct(np.mean([r['sampled'] for r in runs[dtype]]))} [{pct_n(smp[0])}, {pct_n(smp[1])}]", "", ""])
+    dg, ds = bf16_diff("greedy"), bf16_diff("sampled")
+    rows.append(["bfloat16 - float32", "paired by training seed and problem",
+                 f"{sgn(100 * dg[0], 1)} pts [{sgn(100 * dg[1], 1)}, {sgn(100 * dg[2], 1)}]",
+                 f"{sgn(100 * ds[0], 1)} pts [{sgn(100 * ds[1], 1)}, {sgn(100 * ds[2], 1)}]", "", ""])
+    k = J(BF16)["base"]["k"]
+    return md_table(["dtype", "variant", "held-out greedy [95% CI]", f"held-out sampled avg@{k} [95% CI]",
+                     "training accuracy, last 5 steps", "mean |sampler - trainer| log-prob per token"], rows)
+
+
+def bf16_seconds(dtype: str) -> str:
+    """Mean sampling + gradient seconds per step over the shared seeds (each run's own machine)."""
+    seeds_, _ = bf16_pairs()
+    m = [x for i in seeds_ for x in bf16_metrics(i, dtype)]
+    sampling, gradient = (np.mean([float(x[k]) for x in m]) for k in ("seconds_sampling", "seconds_gradient"))
+    return f"{sampling:.1f} s + {gradient:.1f} s"
+
+
 # --- single_layer_sweep ------------------------------------------------------------------------------------
 
 SW = "single_layer_sweep/results"
@@ -1666,15 +1749,25 @@ def gradient_memory(shape: str) -> dict:
 
 def precision_runs() -> list[dict]:
     """``benchmarks/results/precision-*.json`` (``benchmarks/precision.py --json``), oldest first."""
-    files = sorted((ROOT / "benchmarks" / "results").glob("precision-*.json"))
-    return [json.loads(p.read_text()) for p in files]
+    files = (ROOT / "benchmarks" / "results").glob("precision-*.json")
+    return sorted((json.loads(p.read_text()) for p in files), key=lambda r: (r["date"], r.get("time", "")))
+
+
+def precision_run(bf16: bool) -> dict:
+    """The newest precision run on a CPU with (``bf16``) or without native bfloat16 (AMX-BF16 / AVX512-BF16)."""
+    return [r for r in precision_runs() if bool(r["bf16_flags"]) == bf16 and not r.get("note")][-1]
+
+
+def machine(r: dict) -> str:
+    note = f"; {r['note']}" if r.get("note") else ""
+    return f"{r['cpu']}, {', '.join(r['bf16_flags']) or 'no AMX / AVX512-BF16'}{note}"
 
 
 def t_precision_peaks() -> str:
     rows = []
     for r in precision_runs():
         for dtype, rates in r["peak_gflops"].items():
-            rows.append([f"{r['cpu']} ({r['date']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''})", dtype,
+            rows.append([f"{machine(r)} ({r['date']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''})", dtype,
                          *[f(v, 1) for v in rates.values()],
                          f"{r['auto'][0]}" if dtype == r["auto"][0] else ""])
     shapes = list(precision_runs()[0]["peak_gflops"]["float32"])
@@ -1686,9 +1779,48 @@ def t_precision_phases() -> str:
     for r in precision_runs():
         for dtype, phases in r["phases"].items():
             for phase, v in phases.items():
-                rows.append([r["cpu"], dtype, phase, f(v["seconds"], 2), f(v["gflop"], 1), f(v["gflops"], 1),
-                             pct(v["fraction_of_peak"])])
+                engine = r.get("decode_engine", {}).get(dtype) if phase == "decode" else None
+                rows.append([machine(r), dtype, phase + (f" ({engine} engine)" if engine else ""), f(v["seconds"], 2),
+                             f(v["gflop"], 1), f(v["gflops"], 1), pct(v["fraction_of_peak"])])
     return md_table(["machine", "dtype", "phase", "seconds", "GFLOP", "GFLOP/s", "share of the dtype's peak"], rows)
+
+
+def t_generation_runs() -> str:
+    """``benchmarks/results/generation-*.json`` (``benchmarks/generation.py --json``), oldest first."""
+    runs = sorted((json.loads(p.read_text()) for p in (ROOT / "benchmarks" / "results").glob("generation-*.json")),
+                  key=lambda r: (r["date"], r.get("time", ""), r["dtype"]))
+    rows = []
+    for r in runs:
+        for x in r["rows"]:
+            ratio = lambda v, base=x["transformers"]: f"{f(v, 1)} ({f(v / base, 2)}x)" if v is not None else ""
+            rows.append([f"{machine(r)} ({r['date']}, {r['threads']} threads, {r['new_tokens']} new tokens)", x["model"],
+                         r["dtype"], str(x["batch"]), f(x["transformers"], 1), ratio(x["fast"]), ratio(x["hooked"])])
+    return md_table(["machine", "model", "steerinterp dtype", "batch", "transformers float32 tok/s",
+                     "steerinterp auto engine tok/s (ratio)", "HookedTransformer engine tok/s (ratio)"], rows)
+
+
+def demo_time_runs() -> list[dict]:
+    """``benchmarks/results/demo-time-*.json`` (``benchmarks/demo_time.py --json``), oldest first."""
+    files = (ROOT / "benchmarks" / "results").glob("demo-time-*.json")
+    return sorted((json.loads(p.read_text()) for p in files), key=lambda r: (r["date"], r.get("time", "")))
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def t_demo_time() -> str:
+    rows = []
+    for r in demo_time_runs():
+        base = r["runs"].get("float32", {}).get("total")
+        for dtype, v in r["runs"].items():
+            analyses = sum(x for k, x in v.items() if k.startswith("analysis: "))
+            ratio = f" ({f(base / v['total'], 2)}x)" if base and dtype != "float32" else ""
+            rows.append([f"{machine(r)} ({r['date']}, {r['threads']} threads)", r["demo"], dtype, str(v["steps"]),
+                         f(v["training (sampling + gradient)"], 0), f(v["evaluation and the rest"], 0), f(analyses, 0),
+                         f(v["total"], 0) + ratio, f"{r['goal_seconds']} ({met(v['total'] <= r['goal_seconds'])})"])
+    return md_table(["machine", "demo", "dtype", "steps", "training s", "evaluation and the rest s", "analyses s",
+                     "total s (speed-up over float32)", "goal s"], rows)
 
 
 def t_architectures() -> str:
@@ -1789,6 +1921,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "adaptive_magnitudes.seeds": t_ad_seeds,
     "adaptive_magnitudes.segments": t_ad_segments,
     "rl_arithmetic.main": t_rl_main,
+    "bench.bf16_learning": t_bf16_learning,
     "rl_arithmetic.shared": t_rl_shared,
     "rl_arithmetic.answer_formats": t_rl_formats,
     "rl_arithmetic.docs": t_rl_docs,
@@ -1815,6 +1948,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "multistep.training": t_ms_training,
     "bench.precision_peaks": t_precision_peaks,
     "bench.precision_phases": t_precision_phases,
+    "bench.generation_runs": t_generation_runs,
+    "bench.demo_time": t_demo_time,
     "architectures.summary": t_architectures,
 }
 
@@ -2141,13 +2276,32 @@ V: dict[str, Callable[[], str]] = {
     "tv.top_scale": lambda: f"{max(r['scale'] for r in JL(TV)):g}",
     "tv.top_first": lambda: tv_first(max(r["scale"] for r in JL(TV))),
     # docs/benchmarks.md, precision (the newest benchmarks/results/precision-*.json)
-    "bench.prec.proto_s": lambda: f(precision_runs()[-1]["prototype_step_seconds"], 1),
-    "bench.prec.step_s": lambda: f(precision_runs()[-1]["rl_step_seconds"]["float32"], 1),
-    "bench.prec.step_ratio": lambda: f(precision_runs()[-1]["prototype_step_seconds"]
-                                       / precision_runs()[-1]["rl_step_seconds"]["float32"], 2),
-    "bench.prec.gap": lambda: sci(precision_runs()[-1]["logprob_gap"]["float32"]["mean_abs"]),
-    "bench.prec.bf16_ratio": lambda: f(max(precision_runs()[-1]["peak_gflops"]["bfloat16"].values())
-                                       / max(precision_runs()[-1]["peak_gflops"]["float32"].values()), 3),
+    "bench.prec.proto_s": lambda: f(precision_run(False)["prototype_step_seconds"], 1),
+    "bench.prec.step_s": lambda: f(precision_run(False)["rl_step_seconds"]["float32"], 1),
+    "bench.prec.step_ratio": lambda: f(precision_run(False)["prototype_step_seconds"]
+                                       / precision_run(False)["rl_step_seconds"]["float32"], 2),
+    "bench.prec.gap": lambda: sci(precision_run(False)["logprob_gap"]["float32"]["mean_abs"]),
+    "bench.prec.bf16_ratio": lambda: f(max(precision_run(False)["peak_gflops"]["bfloat16"].values())
+                                       / max(precision_run(False)["peak_gflops"]["float32"].values()), 3),
+    # the newest run on a CPU with native bfloat16
+    "bench.bf16.machine": lambda: f"{machine(precision_run(True))} ({precision_run(True)['date']}, "
+                                  f"{precision_run(True)['threads']} threads)",
+    "bench.bf16.peak_ratio": lambda: f(max(precision_run(True)["peak_gflops"]["bfloat16"].values())
+                                       / max(precision_run(True)["peak_gflops"]["float32"].values()), 2),
+    "bench.bf16.phase_ratios": lambda: ", ".join(
+        f"{p} {precision_run(True)['phases']['float32'][p]['seconds'] / v['seconds']:.2f}x"
+        for p, v in precision_run(True)["phases"]["bfloat16"].items()),
+    "bench.bf16.proto_s": lambda: f(precision_run(True)["prototype_step_seconds"], 1),
+    "bench.bf16.step_s": lambda: " / ".join(f(precision_run(True)["rl_step_seconds"][d], 1)
+                                            for d in ("float32", "bfloat16")),
+    "bench.bf16.step_ratio": lambda: " / ".join(
+        f(precision_run(True)["prototype_step_seconds"] / precision_run(True)["rl_step_seconds"][d], 2)
+        for d in ("float32", "bfloat16")),
+    "bench.bf16.gap": lambda: sci(precision_run(True)["logprob_gap"]["bfloat16"]["mean_abs"]),
+    "bench.bf16.gap_max": lambda: f(precision_run(True)["logprob_gap"]["bfloat16"]["max_abs"], 2),
+    "bench.bf16.train_seconds": lambda: f"{bf16_seconds('bfloat16')} (bfloat16) against {bf16_seconds('float32')} (float32)",
+    "bench.bf16.diff_greedy": lambda: "{} points [{}, {}]".format(*(sgn(100 * x, 1) for x in bf16_diff("greedy"))),
+    "bench.bf16.diff_sampled": lambda: "{} points [{}, {}]".format(*(sgn(100 * x, 1) for x in bf16_diff("sampled"))),
     # docs/rl.md, the gradient pass's memory (benchmarks/gradient_memory.py --json)
     "bench.gm.add1": lambda: f(gradient_memory("add1")["measured_gb_per_row"], 2),
     "bench.gm.ms": lambda: f(gradient_memory("multistep")["measured_gb_per_row"], 2),

@@ -210,6 +210,24 @@ def test_sampler_matches_the_distribution():
     assert nucleus[2] == 0 and nucleus[3] == 0 and abs(nucleus[0] - 0.625) < 0.015
 
 
+def test_sampler_never_picks_a_zero_probability_token(monkeypatch):
+    """Rows whose mass sits on the last tokens, with zero-probability tokens before and after, and uniforms at
+    the ends of [0, 1): the running sum's flat stretches are never chosen."""
+    from steerinterp.generation import sampling
+
+    probs = torch.zeros(4, 6)
+    probs[:, 2], probs[:, 4] = 1e-30, 1.0  # a tiny but non-zero token, a dominant one, zeros elsewhere
+    logits = probs.log()
+    for u in (0.0, 1 - 2**-53, 0.5):
+        with monkeypatch.context() as m:
+            m.setattr(sampling, "uniforms", lambda n, generators, device, u=u: torch.full((n,), u, dtype=torch.float64))
+            chosen, logprob = sampling.sample_next(logits, 1.0, 1.0, None)
+        assert set(chosen.tolist()) <= {2, 4} and torch.isfinite(logprob).all()
+    counts = torch.bincount(sampling.next_tokens(logits[:1].expand(4000, 6), 1.0, 1.0,
+                                                  [torch.Generator().manual_seed(0)]), minlength=6)
+    assert counts.tolist() == [0, 0, 0, 0, 4000, 0]
+
+
 @pytest.mark.parametrize("layers", [[0], [2], [1, 3]])
 def test_skipping_the_frozen_prefix_changes_nothing(tiny64, layers):
     """Log-probs and gradients are the same whether or not the blocks before the first vector run

@@ -18,7 +18,7 @@ from steerinterp import analysis as A
 from steerinterp.errors import ModelLoadError, SteerInterpError
 from steerinterp.generation.hf_mirror import MirrorUnsupported, build_hf_mirror, check_mirror
 from steerinterp.models import ZOO, automatic_dtype, dtype_choice, resolve_dtype, zoo_checkpoint
-from steerinterp.models.precision import DTYPE_ENV, cpu_flags, float32_arithmetic, parse_dtype
+from steerinterp.models.precision import DTYPE_ENV, cpu_flags, cpu_name, float32_arithmetic, parse_dtype
 from steerinterp.types import model_spec
 
 AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -58,9 +58,11 @@ def test_dtype_names_and_one_line_errors():
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     f = tmp_path / "cpuinfo"
-    f.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\nbugs\t: none\n")
-    assert {"amx_bf16", "avx512_bf16", "avx2"} <= cpu_flags(str(f))
+    f.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nvmx flags\t: ept\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\n"
+                 "bugs\t: none\n")
+    assert {"amx_bf16", "avx512_bf16", "avx2"} <= cpu_flags(str(f)) and "ept" not in cpu_flags(str(f))
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+    assert cpu_name(str(f)) == "AMD EPYC" and cpu_name(str(tmp_path / "missing"))  # a fallback name, never empty
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

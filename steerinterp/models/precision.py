@@ -48,17 +48,30 @@ class DtypeChoice:
         return str(self.dtype).removeprefix("torch.")
 
 
-@functools.cache
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo, e.g. macOS)."""
+def cpuinfo_field(field: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first value of ``field`` ("flags", "model name") in /proc/cpuinfo, or None (absent, e.g. on macOS)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() == field:
+            return value.strip()
+    return None
+
+
+@functools.cache
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo, e.g. macOS)."""
+    return frozenset((cpuinfo_field("flags", path) or "").split())
+
+
+def cpu_name(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` where there is no /proc/cpuinfo)."""
+    import platform
+
+    return cpuinfo_field("model name", path) or platform.processor() or platform.machine()
 
 
 def cpu_bf16_flags(flags: frozenset[str] | None = None) -> list[str]:
