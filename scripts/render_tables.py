@@ -474,7 +474,8 @@ BF16_ROWS = f"{RL}/add1-bfloat16-heldout.csv"
 def bf16_per_problem(training_seed: str) -> dict:
     """From add1-bfloat16-heldout.csv: per problem greedy correctness and sampled accuracy of the bfloat16
     run's base ("" = base) or one training seed's vectors, cross-checked against its summary."""
-    rows = [r for r in C(BF16_ROWS) if r["training_seed"] == training_seed]
+    seed_of = lambda x: str(int(float(x))) if x else ""  # noqa: E731 (pandas wrote 0.0 beside empty cells)
+    rows = [r for r in C(BF16_ROWS) if seed_of(r["training_seed"]) == training_seed]
     greedy = {r["problem"]: r["correct"] == "True" for r in rows if r["mode"] == "greedy"}
     sampled = defaultdict(list)
     for r in rows:
@@ -507,8 +508,10 @@ def bf16_diff(mode: str) -> tuple[float, float, float]:
 
 
 def bf16_metrics(seed: str, dtype: str) -> list[dict]:
-    path = f"{RL}/add1-bfloat16-seed{seed}-metrics.csv" if dtype == "bfloat16" else f"{RL}/add1-seed{seed}-metrics.csv"
-    return C(path)
+    """Per-step metrics of one run's first ``steps`` steps (the float32 file goes on to the 60-step resume)."""
+    path, summary = ((f"{RL}/add1-bfloat16-seed{seed}-metrics.csv", BF16) if dtype == "bfloat16"
+                     else (f"{RL}/add1-seed{seed}-metrics.csv", ADD1))
+    return [x for x in C(path) if int(x["step"]) < int(J(summary)["steps"])]
 
 
 def t_bf16_learning() -> str:
@@ -1785,12 +1788,21 @@ def t_precision_phases() -> str:
     return md_table(["machine", "dtype", "phase", "seconds", "GFLOP", "GFLOP/s", "share of the dtype's peak"], rows)
 
 
-def t_generation_runs() -> str:
+def generation_runs() -> list[dict]:
     """``benchmarks/results/generation-*.json`` (``benchmarks/generation.py --json``), oldest first."""
-    runs = sorted((json.loads(p.read_text()) for p in (ROOT / "benchmarks" / "results").glob("generation-*.json")),
+    return sorted((json.loads(p.read_text()) for p in (ROOT / "benchmarks" / "results").glob("generation-*.json")),
                   key=lambda r: (r["date"], r.get("time", ""), r["dtype"]))
+
+
+def generation_ratios(dtype: str) -> str:
+    """The newest ``dtype`` run's auto-engine / transformers float32 ratio per batch."""
+    r = [x for x in generation_runs() if x["dtype"] == dtype][-1]
+    return ", ".join(f"batch {x['batch']} {x['fast'] / x['transformers']:.2f}x" for x in r["rows"])
+
+
+def t_generation_runs() -> str:
     rows = []
-    for r in runs:
+    for r in generation_runs():
         for x in r["rows"]:
             ratio = lambda v, base=x["transformers"]: f"{f(v, 1)} ({f(v / base, 2)}x)" if v is not None else ""
             rows.append([f"{machine(r)} ({r['date']}, {r['threads']} threads, {r['new_tokens']} new tokens)", x["model"],
@@ -1803,6 +1815,12 @@ def demo_time_runs() -> list[dict]:
     """``benchmarks/results/demo-time-*.json`` (``benchmarks/demo_time.py --json``), oldest first."""
     files = (ROOT / "benchmarks" / "results").glob("demo-time-*.json")
     return sorted((json.loads(p.read_text()) for p in files), key=lambda r: (r["date"], r.get("time", "")))
+
+
+def demo_total(kind: str, dtype: str) -> str:
+    """Wall time of the newest timed demo of ``kind`` ("full" / "quick") in ``dtype``, e.g. "7.4 min"."""
+    r = [x for x in demo_time_runs() if x["demo"] == kind and dtype in x["runs"]][-1]
+    return f"{r['runs'][dtype]['total'] / 60:.1f} min"
 
 
 def met(ok: bool) -> str:
@@ -2297,6 +2315,11 @@ V: dict[str, Callable[[], str]] = {
     "bench.bf16.step_ratio": lambda: " / ".join(
         f(precision_run(True)["prototype_step_seconds"] / precision_run(True)["rl_step_seconds"][d], 2)
         for d in ("float32", "bfloat16")),
+    "bench.demo.quick_fp32": lambda: demo_total("quick", "float32"),
+    "bench.demo.quick_bf16": lambda: demo_total("quick", "bfloat16"),
+    "bench.demo.full_bf16": lambda: demo_total("full", "bfloat16"),
+    "bench.bf16.gen_ratios": lambda: generation_ratios("bfloat16"),
+    "bench.fp32.gen_ratios": lambda: generation_ratios("float32"),
     "bench.bf16.gap": lambda: sci(precision_run(True)["logprob_gap"]["bfloat16"]["mean_abs"]),
     "bench.bf16.gap_max": lambda: f(precision_run(True)["logprob_gap"]["bfloat16"]["max_abs"], 2),
     "bench.bf16.train_seconds": lambda: f"{bf16_seconds('bfloat16')} (bfloat16) against {bf16_seconds('float32')} (float32)",

@@ -288,3 +288,24 @@ def test_a_library_error_ends_an_example_in_one_line(tmp_path):
     env = {**os.environ, "STEERINTERP_TRACEBACK": "1"}
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_rl_arithmetic_tags_a_bfloat16_run_and_keeps_its_held_out_rows(tmp_path):
+    """examples/rl_arithmetic/run.py in bfloat16 on the tiny model: its files carry the dtype in their names (a
+    float32 result of the same level is never overwritten) and every held-out completion is kept, per seed."""
+    import pandas as pd
+
+    proc = subprocess.run([sys.executable, "examples/rl_arithmetic/run.py", "--model", "tiny", "--threads", "1",
+                           "--dtype", "bfloat16", "--steps", "1", "--seeds", "0", "--eval-samples", "1",
+                           "--out", str(tmp_path), "--runs", str(tmp_path / "runs")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "add1-bfloat16-summary.json").read_text())
+    assert summary["dtype"] == "bfloat16" and not (tmp_path / "add1-summary.json").exists()
+    raw = pd.read_csv(tmp_path / "add1-bfloat16-heldout.csv", dtype=str, keep_default_na=False)
+    assert set(raw.training_seed) == {"", "0"} and set(raw.seed) == {"", "0"}  # written as integers, not 0.0
+    rows = pd.read_csv(tmp_path / "add1-bfloat16-heldout.csv").fillna({"training_seed": -1})  # -1: the base model
+    assert rows.groupby(["training_seed", "mode"]).size().to_dict() == {
+        (-1, "greedy"): 40, (-1, "sampled"): 40, (0, "greedy"): 40, (0, "sampled"): 40}
+    steered = rows[rows.training_seed == 0]
+    assert steered[steered["mode"] == "greedy"].correct.mean() == summary["seeds"]["0"]["greedy_acc"]

@@ -78,7 +78,7 @@ def main():
         variant = {"steered": result.steering.detached()} if result.steering is not None else {"fine-tuned": None}
         ev_result = evaluate(model, task, variant, samples=args.eval_samples)
         rows += [{**r, "training_seed": seed} for r in ev_result.rows]
-        write_csv(pd.DataFrame(rows), out / f"{tag}-heldout.csv")
+        write_csv(pd.DataFrame(rows).astype({"seed": "Int64", "training_seed": "Int64"}), out / f"{tag}-heldout.csv")
         ev = ev_result.to_frame()
         row = ev.to_dict("records")[0]
         row.update({
