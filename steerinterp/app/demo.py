@@ -7,8 +7,8 @@
 5. Analyse the vectors (``pipeline.analyze_vectors``: logit lens, first-token substitution,
    persistence, path patching, attention diff, DiffSAE) and build the HTML report.
 
-``quick`` trains 8 steps instead of 40 and runs reduced analyses (about 8-9 minutes on 2 CPU cores
-instead of 25-30).
+``quick`` trains 8 steps instead of 40 and runs reduced analyses (minutes instead of tens of minutes on 2 CPU
+cores; ``benchmarks/demo_time.py`` times both).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 from steerinterp.errors import ModelLoadError
 
@@ -32,7 +31,7 @@ DTYPE_ENV = "STEERINTERP_DTYPE"
 #: CPU flags (as /proc/cpuinfo spells them) whose presence makes bfloat16 the fast dtype
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "float64")
-#: dtypes whose arithmetic rounds to about 3 significant digits
+#: the half-precision dtypes (2-3 significant digits)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -128,10 +127,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
 
 
 def _to_float32(x):
-    if isinstance(x, torch.Tensor) and x.dtype in HALF_DTYPES:
-        return x.float()
-    if isinstance(x, torch.dtype) and x in HALF_DTYPES:
-        return torch.float32
+    """``x`` with every half-precision tensor upcast and every half-precision dtype read as float32, through
+    tuples, lists and dicts (an operation's arguments)."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.dtype in HALF_DTYPES else x
+    if isinstance(x, torch.dtype):
+        return torch.float32 if x in HALF_DTYPES else x
+    if isinstance(x, dict):
+        return {k: _to_float32(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a named tuple
+        return type(x)(*(_to_float32(v) for v in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_float32(v) for v in x)
     return x
 
 
@@ -145,4 +152,4 @@ class float32_arithmetic(TorchFunctionMode):  # noqa: N801 (a context manager, n
     own forward: for checks, not for work."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*tree_map(_to_float32, args), **tree_map(_to_float32, kwargs or {}))
+        return func(*_to_float32(args), **_to_float32(kwargs or {}))
