@@ -135,10 +135,11 @@ def _to_float32(x):
         return torch.float32 if x in HALF_DTYPES else x
     if isinstance(x, dict):
         return {k: _to_float32(v) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a named tuple
-        return type(x)(*(_to_float32(v) for v in x))
     if isinstance(x, (tuple, list)):
-        return type(x)(_to_float32(v) for v in x)
+        values = [_to_float32(v) for v in x]
+        if all(a is b for a, b in zip(values, x)):
+            return x  # nothing half-precision inside: the container as it was (torch.Size, a named tuple)
+        return values if isinstance(x, list) else tuple(values)
     return x
 
 
