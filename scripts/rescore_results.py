@@ -26,6 +26,7 @@ EX = ROOT / "examples"
 SCORED = {
     "rl_arithmetic/results/add1-all81-eval.csv": "arithmetic:add1",
     "rl_arithmetic/results/add1-answer-formats.csv": "arithmetic:add1",
+    "rl_arithmetic/results/add1-bfloat16-heldout.csv": "arithmetic:add1",
     "diffsae/results/add1-generations.csv": "arithmetic:add1",
 }
 TRUE = {"True", "true", "1", "1.0"}

@@ -111,6 +111,14 @@ def test_single_layer_protocol_feeds_the_sweep_and_all_pairs(tmp_path):
     third = pd.read_csv(tmp_path / "comp" / "seeds" / "pairs_greedy.csv")
     assert third[third.variant == "all"].correct.tolist() == pairs[pairs.variant == "fixed"].correct.tolist()
 
+    # two steps on the tiny model may see no reward signal (every sample wrong) and leave a vector at zero, whose
+    # cosine with anything is 0: give such a run a non-zero vector so the identity below is tested
+    g = torch.Generator().manual_seed(0)
+    for final in sorted((tmp_path / "sweep" / "runs").glob("layer*-seed0/final")):
+        vecs = si.SteeringSet.load(final, model=model)
+        if all(float(v.vector.norm()) == 0 for v in vecs):
+            si.SteeringSet.from_tensors(model, {v.layer: torch.randn(model.cfg.d_model, generator=g) for v in vecs}
+                                        ).save(final, model=model)
     proc = run("examples/persistence/independent.py", *common, "--out", str(tmp_path / "pers"), "--layers", "1,2,3",
                "--runs", str(tmp_path / "sweep" / "runs"), "--problems", "4")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -309,3 +317,23 @@ def test_rl_arithmetic_tags_a_bfloat16_run_and_keeps_its_held_out_rows(tmp_path)
         (-1, "greedy"): 40, (-1, "sampled"): 40, (0, "greedy"): 40, (0, "sampled"): 40}
     steered = rows[rows.training_seed == 0]
     assert steered[steered["mode"] == "greedy"].correct.mean() == summary["seeds"]["0"]["greedy_acc"]
+
+
+def test_write_csv_keeps_a_carriage_return_inside_its_cell(tmp_path):
+    """A completion holding "\\r" stays one cell of one row (pandas would write it unquoted: two rows on reading),
+    and the file appears whole or not at all (no .part left behind)."""
+    import csv
+
+    import pandas as pd
+
+    from steerinterp.app.examples import write_csv
+
+    frame = pd.DataFrame({"completion": ["a\rb", "c\nd", "plain"], "correct": [True, False, True], "seed": [0, 1, 2]})
+    write_csv(frame, tmp_path / "t.csv")
+    assert pd.read_csv(tmp_path / "t.csv").equals(frame)
+    with open(tmp_path / "t.csv", newline="") as fh:
+        assert [r["completion"] for r in csv.DictReader(fh)] == ["a\rb", "c\nd", "plain"]
+    plain = frame.assign(completion=["x", "y", "z"])
+    write_csv(plain, tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text().startswith("completion,correct,seed\nx,")  # unquoted when safe
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "t.csv"]

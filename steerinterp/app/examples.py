@@ -77,9 +77,16 @@ def one_line_errors(prog: str) -> None:
 
 def write_csv(frame, path) -> None:
     """Write a results table atomically: a ``.part`` file renamed over ``path``, so a process killed mid-write
-    never leaves half a results file for a reader or a resumed run."""
+    never leaves half a results file for a reader or a resumed run.
+
+    A text cell holding a carriage return (a model's completion can) would be written unquoted and split into two
+    rows by a reader; a table with one is written with every text cell quoted."""
+    import csv
+
     part = Path(path).with_suffix(".part")
-    frame.to_csv(part, index=False)
+    text = frame.select_dtypes(include=["object", "string"])
+    has_cr = any(text[c].astype(str).str.contains("\r", regex=False).any() for c in text.columns)
+    frame.to_csv(part, index=False, quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL)
     part.replace(path)
 
 
