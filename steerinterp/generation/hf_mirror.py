@@ -495,6 +495,10 @@ def build_hf_mirror(model, attn_implementation: str | None = None, budget: float
     device = params["embed.W_E"].device
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or plan.attn_implementation)
+    head = hf.get_output_embeddings()
+    if type(head) is torch.nn.Linear:
+        with torch.device("meta"):
+            hf.set_output_embeddings(ContiguousInputLinear(head.in_features, head.out_features, bias=head.bias is not None))
     builder = MirrorBuilder(model, hf, budget=int(budget * total), params=params)
     plan.fill(builder)
     for path, module in builder.modules.items():
@@ -513,10 +517,6 @@ def build_hf_mirror(model, attn_implementation: str | None = None, budget: float
     _materialise_buffers(hf, device)
     for fix in builder.fixes:
         fix(hf)
-    # HF's head unembeds hidden_states[:, -1:, :], a strided view after a prefill; a 3-D strided input makes
-    # matmul broadcast the [d_model, vocab] weight over the batch (a copy of it per row: seconds per prefill of
-    # 40 prompts on the embedded model in bfloat16). A contiguous input keeps it one matrix product.
-    hf.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     left = [n for n, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
     if left:
         raise MirrorUnsupported(f"the mirror of {architecture} cannot rebuild {left[0]}")
@@ -526,8 +526,14 @@ def build_hf_mirror(model, attn_implementation: str | None = None, budget: float
     return Mirror(hf, architecture, identity, builder.copies, zeros, sorted(set(builder.shared)), total)
 
 
-def _contiguous_input(module, args):
-    return (args[0].contiguous(), *args[1:])
+class ContiguousInputLinear(torch.nn.Linear):
+    """The mirror's unembedding: HF's head unembeds ``hidden_states[:, -1:, :]``, a strided view after a prefill,
+    and a 3-D strided input makes ``matmul`` broadcast the [d_model, vocab] weight over the batch (a copy of it
+    per row: seconds per prefill of 40 prompts on the embedded model in bfloat16). A contiguous input keeps it
+    one matrix product."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
 
 
 def _materialise_buffers(hf: torch.nn.Module, device) -> None:
