@@ -109,6 +109,16 @@ class Mirror:
 # modules that read TransformerLens tensors in place
 
 
+class ContiguousInputLinear(torch.nn.Linear):
+    """The mirror's unembedding: HF's head unembeds ``hidden_states[:, -1:, :]``, a strided view after a prefill,
+    and a 3-D strided input makes ``matmul`` broadcast the [d_model, vocab] weight over the batch (a copy of it
+    per row: seconds per prefill of 40 prompts on the embedded model in bfloat16). A contiguous input keeps it
+    one matrix product."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
 class HeadsLinear(torch.nn.Module):
     """A query / key / value projection reading TransformerLens's per-head weights in place.
 
@@ -495,9 +505,8 @@ def build_hf_mirror(model, attn_implementation: str | None = None, budget: float
     device = params["embed.W_E"].device
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or plan.attn_implementation)
-    head = hf.get_output_embeddings()
-    if type(head) is torch.nn.Linear:
-        with torch.device("meta"):
+        head = hf.get_output_embeddings()
+        if type(head) is torch.nn.Linear:
             hf.set_output_embeddings(ContiguousInputLinear(head.in_features, head.out_features, bias=head.bias is not None))
     builder = MirrorBuilder(model, hf, budget=int(budget * total), params=params)
     plan.fill(builder)
@@ -524,16 +533,6 @@ def build_hf_mirror(model, attn_implementation: str | None = None, budget: float
     check_mirror(model, hf)
     identity = {n: (id(p), p.data_ptr()) for n, p in params.items()}
     return Mirror(hf, architecture, identity, builder.copies, zeros, sorted(set(builder.shared)), total)
-
-
-class ContiguousInputLinear(torch.nn.Linear):
-    """The mirror's unembedding: HF's head unembeds ``hidden_states[:, -1:, :]``, a strided view after a prefill,
-    and a 3-D strided input makes ``matmul`` broadcast the [d_model, vocab] weight over the batch (a copy of it
-    per row: seconds per prefill of 40 prompts on the embedded model in bfloat16). A contiguous input keeps it
-    one matrix product."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.contiguous())
 
 
 def _materialise_buffers(hf: torch.nn.Module, device) -> None:
