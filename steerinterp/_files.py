@@ -1,4 +1,5 @@
-"""User cache directory and atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""User cache directory, atomic file writes (a reader sees the old file or the new one, never half of one) and
+CSV text that reads back as the rows it was written from."""
 
 from __future__ import annotations
 
@@ -64,3 +65,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """``atomic_write_bytes`` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def csv_text(frame, *, index: bool = False) -> str:
+    """A pandas frame as CSV text that a reader splits into the same rows.
+
+    pandas writes a text cell holding a carriage return unquoted (a model's completion can hold one: SmolLM's
+    vocabulary has "\\r" tokens), and a reader then splits that row in two; a table with one is written with
+    every text cell quoted. Other tables are written exactly as ``frame.to_csv`` would."""
+    import csv
+
+    text = (frame.reset_index() if index else frame).select_dtypes(include=["object", "string"])
+    has_cr = any(text[c].astype(str).str.contains("\r", regex=False).any() for c in text.columns)
+    return frame.to_csv(index=index, quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL)
+
+
+def atomic_write_csv(path: Path, frame, *, index: bool = False) -> None:
+    """``csv_text`` written atomically."""
+    atomic_write_text(path, csv_text(frame, index=index))

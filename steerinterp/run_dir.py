@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from steerinterp._files import atomic_write_text
+from steerinterp._files import atomic_write_csv, atomic_write_text
 from steerinterp.errors import SteerInterpError
 from steerinterp.types import ModelSpec
 
@@ -261,7 +261,7 @@ class RunDir:
     def write_evaluation(self, frame) -> Path:
         """Every evaluated completion (an ``EvalResult.details()`` frame) as CSV."""
         self.make()
-        atomic_write_text(self.evaluation_path, frame.to_csv(index=False))
+        atomic_write_csv(self.evaluation_path, frame)
         return self.evaluation_path
 
     def write_summary(self, text: str) -> Path:
@@ -296,7 +296,7 @@ class RunDir:
         ``findings``: name -> ``{"note": str, "seconds": float, "tables": {table: DataFrame}, "figures": [fig]}``.
         The directory is replaced as a whole (a reader sees the old analyses or the new ones).
         """
-        from steerinterp._files import atomic_dir
+        from steerinterp._files import atomic_dir, csv_text
 
         self.make()
         index = {}
@@ -306,7 +306,7 @@ class RunDir:
                 tables = {}
                 for tname, frame in f.get("tables", {}).items():
                     file = f"{stem}-{_file_stem(tname)}.csv"
-                    frame.to_csv(tmp / file, index=False)
+                    (tmp / file).write_text(csv_text(frame), encoding="utf-8")
                     tables[tname] = file
                 figures = []
                 for i, fig in enumerate(f.get("figures", [])):

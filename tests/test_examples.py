@@ -337,3 +337,6 @@ def test_write_csv_keeps_a_carriage_return_inside_its_cell(tmp_path):
     write_csv(plain, tmp_path / "p.csv")
     assert (tmp_path / "p.csv").read_text().startswith("completion,correct,seed\nx,")  # unquoted when safe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "t.csv"]
+    by_token = pd.DataFrame({"n": [3, 4]}, index=pd.Index(["\r", "To"], name="token"))  # a "\r" in the index only
+    write_csv(by_token, tmp_path / "i.csv", index=True)
+    assert pd.read_csv(tmp_path / "i.csv", index_col="token").equals(by_token)

@@ -182,6 +182,18 @@ def test_analysis_index_cannot_point_outside_the_run(tmp_path):
         run.analysis_table("../../secret.csv")
 
 
+def test_run_tables_keep_a_carriage_return_inside_its_cell(tmp_path):
+    """The evaluation and analysis tables a run directory writes read back as the rows written, even when a
+    completion or token holds "\\r" (pandas alone writes it unquoted and a reader splits the row)."""
+    import pandas as pd
+
+    run = RunDir(tmp_path / "R")
+    frame = pd.DataFrame({"completion": ["3 + 4 = 7\r", "8"], "correct": [True, False]})
+    assert pd.read_csv(run.write_evaluation(frame)).equals(frame)
+    run.write_analysis({"lens": {"note": "", "seconds": 0.0, "tables": {"top": frame}, "figures": []}})
+    assert run.analysis_table(run.analysis_index()["lens"]["tables"]["top"]).equals(frame)
+
+
 def test_model_spec_is_recorded_and_reloads(tiny):
     spec = si.model_spec(tiny)
     assert spec.name == "tiny" and spec.dtype == "float32" and not spec.processed

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.steering.adaptive import AdaptiveSteering
 from steerinterp.tasks import arithmetic_task
@@ -39,10 +39,10 @@ def main():
     problems = list(task.test)[: args.problems]
     rollouts = si.generate(model, task.prompts(model, problems), steering=ad, max_new_tokens=32, temperature=1.0, seed=0)
     res = A.adaptive_magnitudes(model, rollouts, ad)
-    res.to_frame().to_csv(out / "magnitudes.csv", index=False)
-    res.summary().to_csv(out / "summary.csv", index=False)
+    write_csv(res.to_frame(), out / "magnitudes.csv")
+    write_csv(res.summary(), out / "summary.csv")
     seg = res.by_segment()
-    seg.to_csv(out / "by_segment.csv")
+    write_csv(seg, out / "by_segment.csv", index=True)
     write_figure(res.plot("heatmap", sample=0), out / "heatmap_sample0.html")
     write_figure(res.plot("scatter"), out / "magnitude_vs_cos.html")
     print(res.summary().to_string(index=False))

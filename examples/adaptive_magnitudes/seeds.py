@@ -21,7 +21,7 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, finished_runs, start_example
+from steerinterp.app.examples import example_parser, finished_runs, start_example, write_csv
 from steerinterp.steering.adaptive import AdaptiveSteering
 from steerinterp.tasks import commuted_twin_in_training, evaluate, load_task
 
@@ -75,9 +75,9 @@ def main():
                           "mean_abs_normalised": float(v)} for seg, v in row.items() if pd.notna(v)]
         print(f"{arm} seed {seed}: {len(metrics)} steps; cos(a, a_init) "
               + ", ".join(f"L{k} {c:.3f}" for k, c in cos.items()), flush=True)
-    pd.DataFrame(run_rows).to_csv(out / "runs.csv", index=False)
-    pd.DataFrame(heldout).to_csv(out / "heldout.csv", index=False)
-    pd.DataFrame(segments).to_csv(out / "by_segment.csv", index=False)
+    write_csv(pd.DataFrame(run_rows), out / "runs.csv")
+    write_csv(pd.DataFrame(heldout), out / "heldout.csv")
+    write_csv(pd.DataFrame(segments), out / "by_segment.csv")
     (out / "info.json").write_text(json.dumps({
         "task": "arithmetic:add1", "held_out": len(task.test), "segment_problems": len(list(task.test)[: args.problems]),
         "segment_rollouts": "one sampled completion per problem, temperature 1, seed = the run's seed",

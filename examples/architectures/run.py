@@ -21,7 +21,7 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.models import ZOO, zoo_checkpoint
 from steerinterp.types import model_spec
 
@@ -58,9 +58,9 @@ def main():
     fast = si.generate(model, PROMPTS, steering=vecs, max_new_tokens=16, temperature=0)
     hooked = si.generate(model, PROMPTS, steering=vecs, max_new_tokens=16, temperature=0, engine="hooked")
     lens = A.vector_logit_lens(model, vecs, mode="norm", k=10)
-    lens.to_frame().to_csv(out / "vector_logit_lens.csv", index=False)
+    write_csv(lens.to_frame(), out / "vector_logit_lens.csv")
     patching = A.block_patching(model, fast, vecs, positions="first")
-    patching.to_frame().to_csv(out / "block_patching.csv", index=False)
+    write_csv(patching.to_frame(), out / "block_patching.csv")
 
     summary = {
         "model": name, "architecture": model.cfg.original_architecture, "layer": layer, "dtype": model_spec(model).dtype,

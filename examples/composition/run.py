@@ -14,7 +14,7 @@ from pathlib import Path
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
@@ -39,7 +39,7 @@ def main():
         singles[s.layers[0]] = s
     task = arithmetic_task("add1")
     res = A.compose_pairs(model, task, singles, si.SteeringSet.load(args.all_layers, model=model), mode=args.mode)
-    res.to_frame().to_csv(out / f"pairs_{args.mode}.csv", index=False)
+    write_csv(res.to_frame(), out / f"pairs_{args.mode}.csv")
     write_figure(res.plot(), out / f"pairs_{args.mode}.html")
     print(f"base {res.base_accuracy:.1%}, all layers {res.all_layer_accuracy:.1%}")
     print(res.to_frame().to_string(index=False))

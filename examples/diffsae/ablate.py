@@ -25,7 +25,7 @@ import torch
 
 import steerinterp as si
 from steerinterp import sae as S
-from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example, write_csv
 
 HERE = Path(__file__).parent
 VECTORS = HERE.parent / "rl_arithmetic" / "results" / "vectors" / "add1-seed0"
@@ -76,8 +76,8 @@ def main():
         print(f"{kind} {features}: effect lost " + ", ".join(f"top-{k} {v:.3f}" for k, v in zip(kinds_ks, tf.effect_lost))
               + "; greedy " + ", ".join(f"{v} {acc.accuracy(v):.1%}" for v in ["steered"] + [f"top-{k}" for k in kinds_ks]),
               flush=True)
-    pd.concat(kl_rows, ignore_index=True).to_csv(out / f"{args.tag}-layer{args.layer}-ablation-kl.csv", index=False)
-    pd.concat(outcomes, ignore_index=True).to_csv(out / f"{args.tag}-layer{args.layer}-ablation.csv", index=False)
+    write_csv(pd.concat(kl_rows, ignore_index=True), out / f"{args.tag}-layer{args.layer}-ablation-kl.csv")
+    write_csv(pd.concat(outcomes, ignore_index=True), out / f"{args.tag}-layer{args.layer}-ablation.csv")
     (out / f"{args.tag}-layer{args.layer}-ablation.json").write_text(json.dumps({
         "layer": args.layer, "ks": ks, "features": chosen, "generations": len(gens), "accuracy": gens.accuracy,
         "n_correct_features": int((freqs.difference > 0).sum()), "n_incorrect_features": int((freqs.difference < 0).sum()),

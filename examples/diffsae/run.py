@@ -28,7 +28,7 @@ from pathlib import Path
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
-from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.tasks.evaluation import evaluate
 
@@ -68,7 +68,7 @@ def main():
                              max_new_tokens=new_tokens, progress=True)
     summary.update(generations=len(gens), accuracy=gens.accuracy, sampling_s=time.perf_counter() - t0)
     print(f"{len(gens)} steered generations, {gens.accuracy:.1%} correct ({time.perf_counter() - t0:.0f} s)")
-    gens.to_frame().to_csv(out / f"{args.tag}-generations.csv", index=False)
+    write_csv(gens.to_frame(), out / f"{args.tag}-generations.csv")
 
     t0 = time.perf_counter()
     diffs = S.collect_differences(model, gens, vecs, layers, positions=args.rows, batch_size=16)
@@ -93,7 +93,7 @@ def main():
         freqs[layer] = S.feature_frequencies(dsae, d)
         # the same, tested within problems: errors cluster on a few problems (e.g. "8 + 1")
         within = S.feature_frequencies(dsae, d, strata=gens.problem_index)
-        within.to_frame(k=30).to_csv(out / f"{args.tag}-layer{layer}-frequencies-within-problems.csv", index=False)
+        write_csv(within.to_frame(k=30), out / f"{args.tag}-layer{layer}-frequencies-within-problems.csv")
         summary.setdefault("significant_within_problems", {})[layer] = int((within.q_value < 0.05).sum())
         h = dsae.heldout_quality
         print(f"layer {layer}: |delta| {d.mean_norm():.2f}, held-out FVU {h.fvu:.3f}, L0 {h.l0:.1f}, dead "
@@ -101,13 +101,13 @@ def main():
               f"{freqs[layer].top(1)[0]}: correct {freqs[layer].freq_correct[freqs[layer].top(1)[0]]:.2f} vs "
               f"incorrect {freqs[layer].freq_incorrect[freqs[layer].top(1)[0]]:.2f} "
               f"(q {freqs[layer].q_value[freqs[layer].top(1)[0]]:.2g})")
-        freqs[layer].to_frame(k=30).to_csv(out / f"{args.tag}-layer{layer}-frequencies.csv", index=False)
+        write_csv(freqs[layer].to_frame(k=30), out / f"{args.tag}-layer{layer}-frequencies.csv")
         write_figure(freqs[layer].plot(), out / f"{args.tag}-layer{layer}-frequencies.html")
     import pandas as pd
 
-    pd.concat(quality).to_csv(out / f"{args.tag}-sae-quality.csv", index=False)
+    write_csv(pd.concat(quality), out / f"{args.tag}-sae-quality.csv")
     by_layer = S.frequencies_by_layer(freqs, k=3)
-    by_layer.to_frame().to_csv(out / f"{args.tag}-frequency-by-layer.csv", index=False)
+    write_csv(by_layer.to_frame(), out / f"{args.tag}-frequency-by-layer.csv")
     write_figure(by_layer.plot(), out / f"{args.tag}-frequency-by-layer.html")
     summary["significant_features"] = {layer: int((f.q_value < 0.05).sum()) for layer, f in freqs.items()}
 
@@ -115,9 +115,9 @@ def main():
     d_last = diffs[f"blocks.{last}.hook_resid_post"]
     top = freqs[last].top(3)
     ctx = S.top_contexts(model, saes[last], d_last, top, k=5, window=6)
-    ctx.to_frame().to_csv(out / f"{args.tag}-layer{last}-top-contexts.csv", index=False)
+    write_csv(ctx.to_frame(), out / f"{args.tag}-layer{last}-top-contexts.csv")
     lens = S.decoder_logit_lens(model, saes[last], top, mode="norm", k=10)
-    lens.to_frame(k=10).to_csv(out / f"{args.tag}-layer{last}-decoder-lens.csv", index=False)
+    write_csv(lens.to_frame(k=10), out / f"{args.tag}-layer{last}-decoder-lens.csv")
     for f in top:
         t = lens.to_frame(k=6)
         t = t[t.feature == f]
@@ -128,7 +128,7 @@ def main():
     test = list(task.test)
     batch = A.teacher_forcing_batch(model, task.prompts(model, test), [p.final_answer for p in test])
     attr = S.sae_feature_attribution(model, batch, saes[last], A.completion_logprob_metric(), steering=vecs)
-    attr.to_frame(k=None).to_csv(out / f"{args.tag}-layer{last}-attribution.csv", index=False)
+    write_csv(attr.to_frame(k=None), out / f"{args.tag}-layer{last}-attribution.csv")
     write_figure(attr.plot(), out / f"{args.tag}-layer{last}-attribution.html")
     summary["attribution"] = {"output_change": attr.output_change, "features": float(attr.attribution.sum()),
                               "error": float(attr.error.sum()), "bias": float(attr.bias.sum()),
@@ -144,7 +144,7 @@ def main():
     variants, norms = feature_variants(model, task, vecs, saes[last], attributed=summary["attribution"]["top_positive"],
                                        incorrect=incorrect, max_new_tokens=new_tokens)
     ev = evaluate(model, task, variants, samples=2, max_new_tokens=new_tokens)
-    ev.to_frame().to_csv(out / f"{args.tag}-layer{last}-feature-steering.csv", index=False)
+    write_csv(ev.to_frame(), out / f"{args.tag}-layer{last}-feature-steering.csv")
     summary["feature_steering"] = {"norms": norms, "table": ev.to_frame().to_dict(orient="records")}
     print(f"typical contribution norms {norms}")
     print(ev.to_frame().to_string(index=False))

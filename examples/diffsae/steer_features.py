@@ -22,7 +22,7 @@ import pandas as pd
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp import sae as S
-from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example, write_csv
 from steerinterp.tasks.evaluation import evaluate
 
 HERE = Path(__file__).parent
@@ -76,7 +76,7 @@ def main():
     ev = evaluate(model, task, variants, samples=args.samples, max_new_tokens=new_tokens)
     table = ev.to_frame()
     table["feature_norms"] = json.dumps({str(k): round(v, 2) for k, v in norms.items()})
-    table.to_csv(out / f"{args.tag}-layer{args.layer}-feature-steering.csv", index=False)
+    write_csv(table, out / f"{args.tag}-layer{args.layer}-feature-steering.csv")
     print(f"typical contribution norms: {norms}")
     print(table.drop(columns="feature_norms").to_string(index=False))
 

@@ -26,7 +26,7 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example, write_csv
 from steerinterp.app.figures import write_figure
 
 HERE = Path(__file__).parent
@@ -63,11 +63,11 @@ def main():
     pos0 = shift.to_frame()[shift.to_frame()["pos"] == 0]
     top_token = pos0["dst"].value_counts().index[0]
     shift = A.token_shift(model, batch, vec, track=["To", top_token] if top_token != "To" else ["To"])
-    shift.to_frame().to_csv(out / "token_shift.csv", index=False)
+    write_csv(shift.to_frame(), out / "token_shift.csv")
     summary = shift.summary()
-    summary.to_csv(out / "token_shift_summary.csv", index=False)
-    shift.by_token("dst", top=10).to_csv(out / "boosted_tokens.csv", index=False)
-    shift.by_token("transition", top=10).to_csv(out / "transitions.csv", index=False)
+    write_csv(summary, out / "token_shift_summary.csv")
+    write_csv(shift.by_token("dst", top=10), out / "boosted_tokens.csv")
+    write_csv(shift.by_token("transition", top=10), out / "transitions.csv")
     write_figure(shift.plot("positions"), out / "max_dp_by_position.html")
     write_figure(shift.plot("tokens", key="dst"), out / "max_dp_by_token.html")
     write_figure(shift.plot("tracked"), out / "tracked_tokens.html")
@@ -94,7 +94,7 @@ def main():
                                 max_new_tokens=new_tokens, problems=list(task.test)[: args.heldout])
         frame = ctrl.to_frame()
         tag = re.sub(r"\W+", "_", label).strip("_")
-        frame.to_csv(out / f"prefix_control_{tag}.csv", index=False)
+        write_csv(frame, out / f"prefix_control_{tag}.csv")
         write_figure(ctrl.plot(), out / f"prefix_control_{tag}.html")
         controls[label] = {"recovered_greedy": ctrl.recovered("greedy"), "recovered_sampled": ctrl.recovered("sampled"),
                            "p_first_base": ctrl.p_first_base, "p_first_steered": ctrl.p_first_steered,

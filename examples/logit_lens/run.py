@@ -12,7 +12,7 @@ from pathlib import Path
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
@@ -33,17 +33,17 @@ def main():
     vecs = si.SteeringSet.load(args.vectors, model=model)
 
     stats = A.vector_stats(vecs)
-    stats.to_frame().to_csv(out / "vector_norms.csv", index=False)
+    write_csv(stats.to_frame(), out / "vector_norms.csv")
     write_figure(stats.plot(), out / "vector_stats.html")
     print(f"vector norms {stats.norms.min():.3f}..{stats.norms.max():.3f}, stable rank {stats.stable_rank:.2f}")
 
     for mode in ("raw", "norm"):
         lens = A.vector_logit_lens(model, vecs, mode=mode, k=args.k)
-        lens.to_frame().to_csv(out / f"logit_lens_{mode}_top{args.k}.csv", index=False)
+        write_csv(lens.to_frame(), out / f"logit_lens_{mode}_top{args.k}.csv")
         write_figure(lens.plot("histogram"), out / f"logit_lens_{mode}_histograms.html")
         write_figure(lens.plot("top", layer=model.cfg.n_layers - 1), out / f"logit_lens_{mode}_last_layer.html")
         lang = A.language_shares(lens)
-        lang.to_frame().drop(columns="scripts").to_csv(out / f"language_{mode}.csv", index=False)
+        write_csv(lang.to_frame().drop(columns="scripts"), out / f"language_{mode}.csv")
         write_figure(lang.plot(), out / f"language_{mode}.html")
         df = lang.to_frame()
         sup = df[df.direction == "suppressed"]
@@ -65,7 +65,7 @@ def main():
     track = ["To", first] if first != "To" else ["To"]
     for positions in ("first", "completion"):
         rl = A.residual_logit_lens(model, rollouts, vecs, positions=positions, track=track)
-        rl.to_frame().to_csv(out / f"residual_lens_{positions}.csv", index=False)
+        write_csv(rl.to_frame(), out / f"residual_lens_{positions}.csv")
         write_figure(rl.plot(), out / f"residual_lens_{positions}.html")
         print(f"residual lens ({positions}): KL at the last layer {rl.kl[-1]:.3f}, top-1 agreement {rl.top1_agreement[-1]:.2f}")
 

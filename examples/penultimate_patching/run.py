@@ -21,7 +21,7 @@ from pathlib import Path
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example
+from steerinterp.app.examples import add_task_arguments, example_parser, example_task, start_example, write_csv
 from steerinterp.app.figures import write_figure
 
 HERE = Path(__file__).parent
@@ -56,7 +56,7 @@ def main():
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     for positions in ("first", "completion") if "tokens" in stages else ():
         res = A.block_patching(model, rollouts, vec, patches, positions=positions, track=[top])
-        res.to_frame().to_csv(out / f"patching_{positions}.csv", index=False)
+        write_csv(res.to_frame(), out / f"patching_{positions}.csv")
         write_figure(res.plot("retained"), out / f"patching_{positions}_skip_head.html")
         write_figure(res.plot("retained", prefix="steer_head["), out / f"patching_{positions}_steer_head.html")
         df = res.to_frame().set_index("patch")
@@ -69,12 +69,12 @@ def main():
 
     if "attention" in stages:
         att = A.attention_diff(model, rollouts, vec, layers=[model.cfg.n_layers - 1])
-        att.to_frame().to_csv(out / "attention_diff_last_block.csv", index=False)
+        write_csv(att.to_frame(), out / "attention_diff_last_block.csv")
         write_figure(att.plot(), out / "attention_diff_last_block.html")
         print(att.top(3).round(3).to_string(index=False))
     if "routes" in stages:
         routes = A.route_attribution(model, rollouts, vec, tokens=[top], positions="first")
-        routes.summary().to_csv(out / "routes_first_token.csv")
+        write_csv(routes.summary(), out / "routes_first_token.csv", index=True)
         write_figure(routes.plot(), out / "routes_first_token.html")
         print(routes.summary().round(3).to_string())
     if "accuracy" not in stages:
@@ -86,7 +86,7 @@ def main():
     acc = A.patched_accuracy(model, task, vec, acc_patches, samples=args.samples, max_new_tokens=new_tokens,
                              problems=list(task.test)[: args.heldout])
     table = acc.to_frame()
-    table.to_csv(out / "patched_accuracy.csv", index=False)
+    write_csv(table, out / "patched_accuracy.csv")
     write_figure(acc.plot(), out / "patched_accuracy_skip_head.html")
     write_figure(acc.plot(prefix="k["), out / "patched_accuracy_k.html")
     write_figure(acc.plot(prefix="v["), out / "patched_accuracy_v.html")

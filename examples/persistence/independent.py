@@ -22,7 +22,7 @@ import pandas as pd
 import steerinterp as si
 from steerinterp import analysis as A
 from steerinterp.analysis.composition import combine
-from steerinterp.app.examples import example_parser, single_layer_seeds, start_example
+from steerinterp.app.examples import example_parser, single_layer_seeds, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.tasks import load_task
 
@@ -62,8 +62,8 @@ def main():
         later = res.to_frame().query("observed_layer > steered_layer")
         print(f"seed {seed}: Diff-Vector mean {later.diff_vector.mean():.3f}, Diff-Diff mean "
               f"{later.diff_diff.mean():.3f} over the later-layer cells", flush=True)
-    pd.concat(cells, ignore_index=True).to_csv(out / "persistence.csv", index=False)
-    pd.concat(samples, ignore_index=True).to_csv(out / "per_sample.csv", index=False)
+    write_csv(pd.concat(cells, ignore_index=True), out / "persistence.csv")
+    write_csv(pd.concat(samples, ignore_index=True), out / "per_sample.csv")
     (out / "info.json").write_text(json.dumps({
         "task": "arithmetic:add1", "layers": layers, "training_seeds": complete, "problems": len(problems),
         "rollouts": "one completion per problem and steered layer, T = 1, seed = the training seed, 32 new tokens",

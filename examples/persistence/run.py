@@ -14,7 +14,7 @@ from pathlib import Path
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.tasks import arithmetic_task
 
@@ -36,7 +36,7 @@ def main():
     rollouts = si.generate(model, task.prompts(model, problems), steering=vecs, max_new_tokens=32, temperature=1.0, seed=0)
 
     res = A.persistence(model, rollouts, vecs)
-    res.to_frame().to_csv(out / f"{args.tag}-persistence.csv", index=False)
+    write_csv(res.to_frame(), out / f"{args.tag}-persistence.csv")
     write_figure(res.plot(), out / f"{args.tag}-persistence.html")
     df = res.to_frame()
     later = df[df.observed_layer > df.steered_layer]
@@ -49,10 +49,10 @@ def main():
 
     # the final-layer mean shift v_l of each steered layer, read through the logit lens
     lens = A.vector_logit_lens(model, res.final_shifts, mode="raw")
-    lens.to_frame(k=20).to_csv(out / f"{args.tag}-final-shift-lens.csv", index=False)
+    write_csv(lens.to_frame(k=20), out / f"{args.tag}-final-shift-lens.csv")
     write_figure(lens.plot("histogram"), out / f"{args.tag}-final-shift-lens.html")
     lang = A.language_shares(lens)
-    lang.to_frame().drop(columns="scripts").to_csv(out / f"{args.tag}-final-shift-language.csv", index=False)
+    write_csv(lang.to_frame().drop(columns="scripts"), out / f"{args.tag}-final-shift-language.csv")
     write_figure(lang.plot(), out / f"{args.tag}-final-shift-language.html")
     shifts = A.vector_stats(res.final_shifts)
     write_figure(shifts.plot(), out / f"{args.tag}-final-shift-stats.html")

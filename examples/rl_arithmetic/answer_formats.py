@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import steerinterp as si
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.tasks import arithmetic_task
 from steerinterp.tasks.evaluation import evaluate
 
@@ -50,7 +50,7 @@ def main():
         frames.append(ev.details().assign(format=label))
     rows = pd.concat(frames, ignore_index=True)
     rows["held_out"] = rows["problem"].isin(held_out)
-    rows.to_csv(Path(args.out) / "add1-answer-formats.csv", index=False)
+    write_csv(rows, Path(args.out) / "add1-answer-formats.csv")
     table, wrong_everywhere = summarise(rows)
     print(table.to_string(float_format=lambda x: f"{100 * x:.1f}%"))
     print("wrong in every format:", wrong_everywhere)

@@ -94,7 +94,7 @@ def main():
             "example": df["example"].iloc[-1],
         })
         summary["seeds"][seed] = row
-        df.drop(columns=["example"]).to_csv(out / f"{tag}-seed{seed}-metrics.csv", index=False)
+        write_csv(df.drop(columns=["example"]), out / f"{tag}-seed{seed}-metrics.csv")
         print(json.dumps(row, indent=1), flush=True)
         (out / f"{tag}-summary.json").write_text(json.dumps(summary, indent=2, default=str))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import steerinterp as si
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.rl import TrainConfig, Trainer
 from steerinterp.tasks import arithmetic_task
@@ -60,10 +60,10 @@ def main():
 
     ev = evaluate(model, task, variants, samples=args.samples)
     table = ev.to_frame()
-    table.to_csv(out / "accuracy.csv", index=False)
+    write_csv(table, out / "accuracy.csv")
     import pandas as pd
 
-    pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
+    write_csv(pd.DataFrame(runs), out / "runs.csv")
     print(pd.DataFrame(runs).to_string(index=False))
     print(table.to_string(index=False))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 import steerinterp as si
-from steerinterp.app.examples import example_parser, finished_runs, start_example
+from steerinterp.app.examples import example_parser, finished_runs, start_example, write_csv
 from steerinterp.tasks import commuted_twin_in_training, evaluate, load_task
 
 HERE = Path(__file__).parent
@@ -69,7 +69,7 @@ def main():
         if all_rows:
             frame = pd.DataFrame(all_rows)
             frame["twin_in_training"] = frame["problem"].map(twins).astype(int)
-            frame.to_csv(out / "all_layers.csv", index=False)
+            write_csv(frame, out / "all_layers.csv")
     if "single" not in args.arms:
         return
     rows = outcomes(evaluate(model, task, {"base": None}, **kw), variant="base", layer=-1, train_seed=-1)
@@ -93,8 +93,8 @@ def main():
         print(f"{arm} seed {seed}: {len(metrics)} steps, norm {run_rows[-1]['norm']:.1f}", flush=True)
     heldout = pd.DataFrame(rows)
     heldout["twin_in_training"] = heldout["problem"].map(twins).astype(int)
-    heldout.to_csv(out / "heldout.csv", index=False)
-    pd.DataFrame(run_rows).to_csv(out / "runs.csv", index=False)
+    write_csv(heldout, out / "heldout.csv")
+    write_csv(pd.DataFrame(run_rows), out / "runs.csv")
     (out / "info.json").write_text(json.dumps({
         "task": "arithmetic:add1", "held_out": len(task.test), "samples": args.samples, "sampling_seeds": "0..k-1",
         "max_new_tokens": 32, "format_prefix": FORMAT_PREFIX, "long_budget": LONG_BUDGET,

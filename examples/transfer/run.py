@@ -19,7 +19,7 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.app.examples import example_parser, start_example
+from steerinterp.app.examples import example_parser, start_example, write_csv
 from steerinterp.app.figures import write_figure
 from steerinterp.models import load_finetuned
 from steerinterp.tasks import arithmetic_task
@@ -43,7 +43,7 @@ def main():
                "full-FT": si.SteeringSet.load(args.finetuned_vectors, model=tuned)}
     task = arithmetic_task("add1")
     grid = A.transfer_grid(models, vectors, task, mode=args.mode)
-    grid.to_frame().to_csv(out / f"transfer_{args.mode}.csv", index=False)
+    write_csv(grid.to_frame(), out / f"transfer_{args.mode}.csv")
     write_figure(grid.plot(), out / f"transfer_{args.mode}.html")
     print(grid.to_frame().to_string(index=False))
 

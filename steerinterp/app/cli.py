@@ -291,9 +291,9 @@ def cmd_eval(args) -> int:
                    max_new_tokens=args.max_new_tokens, seed=seed)
     print(res.to_frame().to_string(index=False))
     if args.out:
-        from steerinterp._files import atomic_write_text
+        from steerinterp._files import atomic_write_csv
 
-        atomic_write_text(Path(args.out), res.details().to_csv(index=False))
+        atomic_write_csv(Path(args.out), res.details())
     return 0
 
 

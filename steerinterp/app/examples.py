@@ -75,19 +75,13 @@ def one_line_errors(prog: str) -> None:
     sys.excepthook = hook
 
 
-def write_csv(frame, path) -> None:
-    """Write a results table atomically: a ``.part`` file renamed over ``path``, so a process killed mid-write
-    never leaves half a results file for a reader or a resumed run.
+def write_csv(frame, path, *, index: bool = False) -> None:
+    """Write a results table atomically (a process killed mid-write never leaves half a results file for a reader
+    or a resumed run), so that it reads back as the same rows: a table whose text holds a carriage return (a
+    model's completion can) is written with every text cell quoted."""
+    from steerinterp._files import atomic_write_csv
 
-    A text cell holding a carriage return (a model's completion can) would be written unquoted and split into two
-    rows by a reader; a table with one is written with every text cell quoted."""
-    import csv
-
-    part = Path(path).with_suffix(".part")
-    text = frame.select_dtypes(include=["object", "string"])
-    has_cr = any(text[c].astype(str).str.contains("\r", regex=False).any() for c in text.columns)
-    frame.to_csv(part, index=False, quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL)
-    part.replace(path)
+    atomic_write_csv(Path(path), frame, index=index)
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, default: str = "arithmetic:add1") -> None:
