@@ -3,7 +3,10 @@
 All run in this process with the same thread count, sample at temperature 1 with one vector per layer
 added after every block (the papers' setting; transformers gets an equivalent forward hook on each decoder
 layer), and generate exactly --new-tokens tokens per row (no EOS stop). Prints tokens/s and the ratios to
-transformers (goal for the fast engine: >= 0.9).
+transformers (goal for the fast engine: >= 0.9). Where the auto engine is the fast one, it is timed again with
+``HFEngine(model, pack=False)``: the same engine multiplying by the plain weights, not oneDNN pre-packed ones
+(``generation.packed_linear``; packing applies to bfloat16 on a CPU), and ``packed_layers`` records how many
+layers the auto engine packed.
 
     python benchmarks/generation.py                        # the embedded SmolLM2-135M
     python benchmarks/generation.py --zoo qwen2 phi3 gpt2  # random models of those architectures, SmolLM2's shape
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 import steerinterp as si
+from steerinterp.generation.engines import HFEngine, current_mirror
 
 QUESTIONS = [
     "What is 3 + 4? Answer with just the number.",
@@ -120,29 +124,34 @@ def bench(label, model, hf, tok, args, rows: list[dict]):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = si.generate(model, QUESTIONS[:1], steering=vecs, max_new_tokens=2).engine  # build the mirror once
-    from steerinterp.generation.engines import _MIRRORS
-
-    mirror = _MIRRORS.get(model)
+    mirror = current_mirror(model) if engine == "hf" else None
     note = f"copied {mirror.copied_fraction:.3f}" if mirror is not None else "; ".join(str(w.message) for w in caught)
     print(f"\n{label}: auto engine = {engine} ({note})", flush=True)
     ratios = []
     for b in args.batches:
         questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(b)]
         prompts = si.chat_prompts(model, questions) if getattr(model.tokenizer, "chat_template", None) else questions
-        base, ours, hooked = [], [], []
+        base, ours, unpacked, hooked = [], [], [], []
+        packed_layers = 0
         for r in range(args.repeats):
             base.append(timed(lambda p=prompts, r=r: hf_generate(hf, tok, p, vectors, args.new_tokens, r)))
-            ours.append(timed(lambda p=prompts, r=r: si_generate(model, p, vecs, args.new_tokens, r, "auto")))
+            auto = HFEngine(model) if engine == "hf" else "auto"  # what "auto" picks, kept to read packed_layers
+            arms = [(ours, auto)]
+            if engine == "hf":  # the fast engine again, multiplying by the plain weights (no pre-packing)
+                arms.append((unpacked, HFEngine(model, pack=False)))
+            for times, e in arms[:: 1 if r % 2 == 0 else -1]:  # alternate the order: the first run of a pair is slower
+                times.append(timed(lambda p=prompts, r=r, e=e: si_generate(model, p, vecs, args.new_tokens, r, e)))
+            packed_layers = getattr(auto, "packed_layers", 0)
             if args.hooked:
                 hooked.append(timed(lambda p=prompts, r=r: si_generate(model, p, vecs, args.new_tokens, r, "hooked")))
         hb, ho = statistics.median(base), statistics.median(ours)
-        line = f"| {label} | {b} | {hb:.1f} | {ho:.1f} ({ho / hb:.2f}x) |"
+        hu = statistics.median(unpacked) if unpacked else None
         hh = statistics.median(hooked) if hooked else None
-        if hooked:
-            line += f" {hh:.1f} ({hh / hb:.2f}x) |"
-        print(line, flush=True)
+        cell = lambda v, hb=hb: f" {v:.1f} ({v / hb:.2f}x) |" if v is not None else " |"
+        print(f"| {label} | {b} | {hb:.1f} |" + cell(ho) + cell(hu) + cell(hh), flush=True)
         ratios.append(ho / hb)
-        rows.append({"model": label, "batch": b, "engine": engine, "transformers": hb, "fast": ho, "hooked": hh})
+        rows.append({"model": label, "batch": b, "engine": engine, "transformers": hb, "fast": ho, "hooked": hh,
+                     "fast_unpacked": hu, "packed_layers": packed_layers})
     return ratios
 
 
@@ -171,8 +180,9 @@ def main():
     print(f"threads={args.threads} new_tokens={args.new_tokens} repeats={args.repeats} (median tokens/s; "
           "one steering vector per layer, temperature 1)")
     print(f"steerinterp in {choice.name} ({choice.reason}); transformers in float32")
-    print("| model | batch | transformers generate | steerinterp fast engine | steerinterp hooked engine |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | transformers generate | steerinterp auto engine | fast engine, plain weights | "
+          "steerinterp hooked engine |")
+    print("|---|---|---|---|---|---|")
     ratios, rows = [], []
     if not args.zoo:
         from steerinterp.models.gguf import gguf_to_hf_checkpoint

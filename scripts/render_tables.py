@@ -1794,10 +1794,17 @@ def generation_runs() -> list[dict]:
                   key=lambda r: (r["date"], r.get("time", ""), r["dtype"]))
 
 
-def generation_ratios(dtype: str) -> str:
-    """The newest ``dtype`` run's auto-engine / transformers float32 ratio per batch."""
-    r = [x for x in generation_runs() if x["dtype"] == dtype][-1]
-    return ", ".join(f"batch {x['batch']} {x['fast'] / x['transformers']:.2f}x" for x in r["rows"])
+def generation_ratios(dtype: str, arm: str = "fast") -> str:
+    """The newest ``dtype`` run's ``arm`` (auto engine "fast", or "fast_unpacked": the fast engine without
+    pre-packed weights) / transformers float32 ratio per batch."""
+    r = [x for x in generation_runs() if x["dtype"] == dtype and all(y.get(arm) for y in x["rows"])][-1]
+    return ", ".join(f"batch {x['batch']} {x[arm] / x['transformers']:.2f}x" for x in r["rows"])
+
+
+def generation_packed_batches() -> str:
+    """Batches of the newest run whose auto engine packed its weights (``packed_layers`` > 0)."""
+    r = [x for x in generation_runs() if any("packed_layers" in y for y in x["rows"])][-1]
+    return " and ".join(str(x["batch"]) for x in r["rows"] if x["packed_layers"])
 
 
 def t_generation_runs() -> str:
@@ -1805,10 +1812,13 @@ def t_generation_runs() -> str:
     for r in generation_runs():
         for x in r["rows"]:
             ratio = lambda v, base=x["transformers"]: f"{f(v, 1)} ({f(v / base, 2)}x)" if v is not None else ""
+            packed = x.get("packed_layers")
             rows.append([f"{machine(r)} ({r['date']}, {r['threads']} threads, {r['new_tokens']} new tokens)", x["model"],
-                         r["dtype"], str(x["batch"]), f(x["transformers"], 1), ratio(x["fast"]), ratio(x["hooked"])])
+                         r["dtype"], str(x["batch"]), f(x["transformers"], 1), ratio(x["fast"]),
+                         "" if packed is None else str(packed), ratio(x.get("fast_unpacked")), ratio(x["hooked"])])
     return md_table(["machine", "model", "steerinterp dtype", "batch", "transformers float32 tok/s",
-                     "steerinterp auto engine tok/s (ratio)", "HookedTransformer engine tok/s (ratio)"], rows)
+                     "steerinterp auto engine tok/s (ratio)", "weights it packed", "fast engine, plain weights tok/s "
+                     "(ratio)", "HookedTransformer engine tok/s (ratio)"], rows)
 
 
 def demo_time_runs() -> list[dict]:
@@ -1917,12 +1927,13 @@ def t_ms_training() -> str:
             continue
         acc = [r["accuracy"] for r in m]
         minutes = sorted((r["seconds_sampling"] + r["seconds_gradient"]) / 60 for r in m)
-        rows.append([str(seed), f"{len(m)} of {run['config']['steps']}", pct(np.mean(acc[:5])), pct(np.mean(acc[-5:])),
-                     pct(np.mean([r["groups_with_signal"] for r in m])),
-                     f(np.mean([r["completion_len"] for r in m]), 0),
+        rows.append([str(seed), run["model"]["dtype"], f"{len(m)} of {run['config']['steps']}", pct(np.mean(acc[:5])),
+                     pct(np.mean(acc[-5:])), pct(np.mean([r["groups_with_signal"] for r in m])),
+                     f(np.mean([r["completion_len"] for r in m]), 0), f(np.mean([r["logprob_gap"] for r in m]), 3),
                      str(sorted({r["micro_batch_used"] for r in m})[0]), f(minutes[len(minutes) // 2], 1)])
-    return md_table(["training seed", "steps done", "training accuracy (T = 1), first 5 steps",
-                     "last 5 steps", "groups with mixed rewards", "mean completion tokens", "rows per gradient pass",
+    return md_table(["training seed", "dtype", "steps done", "training accuracy (T = 1), first 5 steps",
+                     "last 5 steps", "groups with mixed rewards", "mean completion tokens",
+                     "sampler-trainer log-prob gap (nats / token)", "rows per gradient pass",
                      "minutes per step (median, 1 thread)"], rows)
 
 
@@ -2320,6 +2331,8 @@ V: dict[str, Callable[[], str]] = {
     "bench.demo.full_bf16": lambda: demo_total("full", "bfloat16"),
     "bench.bf16.gen_ratios": lambda: generation_ratios("bfloat16"),
     "bench.fp32.gen_ratios": lambda: generation_ratios("float32"),
+    "bench.bf16.gen_plain_ratios": lambda: generation_ratios("bfloat16", "fast_unpacked"),
+    "bench.bf16.gen_packed_batches": generation_packed_batches,
     "bench.bf16.gap": lambda: sci(precision_run(True)["logprob_gap"]["bfloat16"]["mean_abs"]),
     "bench.bf16.gap_max": lambda: f(precision_run(True)["logprob_gap"]["bfloat16"]["max_abs"], 2),
     "bench.bf16.train_seconds": lambda: f"{bf16_seconds('bfloat16')} (bfloat16) against {bf16_seconds('float32')} (float32)",

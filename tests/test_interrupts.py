@@ -19,7 +19,8 @@ import torch
 
 import steerinterp as si
 from steerinterp import analysis as A
-from steerinterp.generation.engines import _MIRRORS
+from steerinterp.generation.engines import _MIRRORS, PACK_AFTER_STEPS, HFEngine
+from steerinterp.generation.packed_linear import packing_unavailable_here
 from steerinterp.steering import leftover_hooks
 
 PROMPTS = ["hello there", "what is this"]
@@ -42,6 +43,7 @@ def _leftovers(model):
     mirror = _MIRRORS.get(model)
     if mirror is not None:
         found += [f"mirror:{n}" for n, m in mirror.hf.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+        found += [f"packed:{n}" for n, m in mirror.hf.named_modules() if getattr(m, "packed", None) is not None]
     return found
 
 
@@ -164,6 +166,24 @@ def test_generation_survives_interrupts(setup, engine):
     assert _stress(model, op, 150 if engine == "hf" else 100) == []
     assert _every_entry(model, op) == []
     assert si.generate(model, PROMPTS, max_new_tokens=6, temperature=0).texts == baseline  # unsteered after all
+
+
+@pytest.mark.skipif(packing_unavailable_here(), reason="no oneDNN bfloat16 linear in this torch build")
+def test_packed_generation_survives_interrupts():
+    """bfloat16 on a CPU: the fast engine packs its weights after PACK_AFTER_STEPS decode steps; a Ctrl-C at any
+    moment (before, during or after the packing) leaves neither a hook nor a packed weight behind."""
+    model = si.load_model("tiny", device="cpu", dtype=torch.bfloat16)
+    vecs = si.SteeringSet.from_tensors(model, {1: torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))})
+    engine = HFEngine(model)
+
+    def op():
+        si.generate(model, PROMPTS, steering=vecs, max_new_tokens=PACK_AFTER_STEPS + 3, engine=engine, seed=0,
+                    stop_at_eos=False)
+
+    op()
+    assert engine.packed_layers > 0 and _leftovers(model) == []
+    assert _stress(model, op, 40) == []
+    assert _every_entry(model, op, max_runs=120) == []
 
 
 def test_teacher_forced_logprobs_survive_interrupts(setup):

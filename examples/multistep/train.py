@@ -5,9 +5,10 @@ levels to the papers' criterion of a base accuracy between about 10% and 60% at 
 (``results/base_rates.json``, README). With 8 samples per prompt that still gives a mixed-reward group about
 half the time (1 - 0.922^8). The recipe is rl_arithmetic's (all layers, lr 3e-3, 8 prompts x 8 samples, RLOO,
 T = 1) with the task's 256 new tokens; the gradient pass then runs 8 rows at a time (``gradient_rows``). Each run
-lives in ``results/runs/all-seedS`` and resumes exactly: stop at any time and run the same command again. One step
-takes about 7-8 minutes on one thread of a 2-core CPU (float32), so 40 steps are about 5 hours per seed: split
-the seeds across processes (``--seeds 1``) and sessions.
+lives in ``results/runs/all-seedS`` and resumes exactly, in the dtype it started in: stop at any time and run the
+same command again (with ``--dtype bfloat16`` where ``auto`` picks float32). One step takes about 3 minutes on one
+thread of a 2-core AVX512-BF16 CPU in bfloat16 (7-8 in float32), so 40 steps are about 2 hours per seed: split
+the seeds across processes (``--seeds 1``; each holds about 9 GB) and sessions.
 
     python examples/multistep/train.py                  # seeds 0, 1, 2 in turn
     python examples/multistep/train.py --seeds 1        # one seed (a second process)

@@ -150,15 +150,30 @@ class HookedEngine:
         return final_logits(m, resid[:, -1:, :])[:, 0, :]
 
 
+#: decode steps after which the fast engine packs its weights for the rest of a generation: packing costs about
+#: what 30 packed decode steps save (embedded model, docs/benchmarks.md), so generations of up to 32 tokens never
+#: pack, and longer ones gain from about 60 tokens
+PACK_AFTER_STEPS = 32
+#: the most rows a decode step may have for the fast engine to pack: measured on the embedded model, packing made
+#: sampling faster at batch 1 and 8 and slower at batch 64 (docs/benchmarks.md)
+PACK_MAX_ROWS = 16
+
+
 class HFEngine:
     """Decode with a transformers mirror (the checkpoint's own class) of the HookedTransformer's weights."""
 
     name = "hf"
 
-    def __init__(self, model):
-        self.model = model
-        mirror = current_mirror(model)
-        self.hf, self.architecture = mirror.hf, mirror.architecture
+    def __init__(self, model, pack: bool = True):
+        """``pack``: once a generation of at most ``PACK_MAX_ROWS`` rows reaches ``PACK_AFTER_STEPS`` decode
+        steps, multiply by oneDNN pre-packed copies of the weights where that is exact (bfloat16 on a CPU:
+        ``packed_linear``); ``packed_layers`` counts them (0 when not packed)."""
+        self.model, self.pack = model, pack
+        self.mirror = current_mirror(model)
+        self.hf, self.architecture = self.mirror.hf, self.mirror.architecture
+        self.packed_layers = 0
+        self._stack: contextlib.ExitStack | None = None  # what steering() will undo (packed weights)
+        self._steps = 0
 
     @staticmethod
     def unmirrored_hook(vecs: Steering | None, architecture: str | None) -> str | None:
@@ -177,8 +192,10 @@ class HFEngine:
                     raise SteerInterpError(f"engine='hf' cannot steer at {name!r}; use engine='hooked'")
                 with interrupts_deferred():  # registered and recorded in one uninterruptible step
                     handles.append(_register(self.hf.get_submodule(site.module), site.side, fn, name))
-            yield
+            with contextlib.ExitStack() as self._stack:  # packed weights (attached by forward) go before the hooks
+                yield
         finally:
+            self._stack = None
             interrupted = False
             while handles:  # a Ctrl-C landing in the clean-up: finish it, then raise it
                 try:
@@ -195,11 +212,29 @@ class HFEngine:
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.hf.config)
+        self._steps, self.packed_layers = 0, 0
 
     def expand(self, index: torch.Tensor) -> None:
         self.cache.reorder_cache(index)
 
+    def _start_packing(self, rows: int) -> None:
+        from steerinterp.generation.packed_linear import packed_weights, packing_applies, packing_unavailable
+
+        if not packing_applies(self.hf):
+            return
+        checks = self.mirror.packing_checks
+        if rows not in checks:
+            checks[rows] = packing_unavailable(self.hf, rows)
+        if checks[rows] is not None:
+            _warn_once(self.model, f"decoding without pre-packed weights ({checks[rows]})")
+            return
+        self.packed_layers = self._stack.enter_context(packed_weights(self.hf, rows))
+
     def forward(self, ids, new_mask, full_mask):
+        if ids.shape[1] == 1 and self.pack and self._stack is not None:  # a decode step inside steering()
+            self._steps += 1
+            if self._steps == PACK_AFTER_STEPS and ids.shape[0] <= PACK_MAX_ROWS:
+                self._start_packing(ids.shape[0])
         pos = position_ids(full_mask)[:, -ids.shape[1] :]
         # without padding, HF's causal path needs no explicit mask (and builds none)
         mask = None if bool(full_mask.all()) else full_mask
@@ -367,4 +402,5 @@ def _warn_once(model, message: str) -> None:
         _WARNED[model] = message
 
 
-__all__ = ["BridgeEngine", "Engine", "HFEngine", "HookedEngine", "choose_engine", "position_ids"]
+__all__ = ["PACK_AFTER_STEPS", "PACK_MAX_ROWS", "BridgeEngine", "Engine", "HFEngine", "HookedEngine", "choose_engine",
+           "position_ids"]

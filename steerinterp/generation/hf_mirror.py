@@ -28,6 +28,7 @@ import einops
 import torch
 
 from steerinterp.errors import SteerInterpError
+from steerinterp.generation.packed_linear import PackableLinear
 from steerinterp.types import model_device, model_spec
 
 #: the most the mirror may hold of its own, as a fraction of the HookedTransformer's parameter elements
@@ -75,6 +76,7 @@ class Mirror:
     zeros: list[str]
     shared: list[str]
     total_numel: int = 0
+    packing_checks: dict[int, str | None] = field(default_factory=dict)  # rows -> why packing is refused (None: fine)
 
     def divergence(self, model) -> str | None:
         """Why the mirror no longer computes what ``model`` computes, or None when it does (exact check)."""
@@ -109,7 +111,7 @@ class Mirror:
 # modules that read TransformerLens tensors in place
 
 
-class ContiguousInputLinear(torch.nn.Linear):
+class ContiguousInputLinear(PackableLinear):
     """The mirror's unembedding: HF's head unembeds ``hidden_states[:, -1:, :]``, a strided view after a prefill,
     and a 3-D strided input makes ``matmul`` broadcast the [d_model, vocab] weight over the batch (a copy of it
     per row: seconds per prefill of 40 prompts on the embedded model in bfloat16). A contiguous input keeps it
@@ -506,8 +508,10 @@ def build_hf_mirror(model, attn_implementation: str | None = None, budget: float
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or plan.attn_implementation)
         head = hf.get_output_embeddings()
-        if type(head) is torch.nn.Linear:
-            hf.set_output_embeddings(ContiguousInputLinear(head.in_features, head.out_features, bias=head.bias is not None))
+        for path, module in list(hf.named_modules()):  # decoding may multiply by pre-packed weights (packed_linear)
+            if type(module) is torch.nn.Linear:
+                kind = ContiguousInputLinear if module is head else PackableLinear
+                _set_submodule(hf, path, kind(module.in_features, module.out_features, bias=module.bias is not None))
     builder = MirrorBuilder(model, hf, budget=int(budget * total), params=params)
     plan.fill(builder)
     for path, module in builder.modules.items():
