@@ -49,11 +49,14 @@ def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 def packing_unavailable_here() -> str | None:
     """Why this torch build cannot pack bfloat16 linear weights (no oneDNN bfloat16 linear), or None."""
-    mkldnn = torch.ops.mkldnn
-    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")
-            and hasattr(mkldnn, "_linear_pointwise") and mkldnn._is_mkldnn_bf16_supported()):
-        return "this torch build has no oneDNN bfloat16 linear"
-    return None
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN"
+    try:  # resolving an operator this build lacks raises
+        torch.ops.mkldnn._reorder_linear_weight, torch.ops.mkldnn._linear_pointwise  # noqa: B018
+        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        supported = False
+    return None if supported else "this torch build has no oneDNN bfloat16 linear"
 
 
 def packing_applies(root: torch.nn.Module) -> bool:
