@@ -150,12 +150,12 @@ class HookedEngine:
         return final_logits(m, resid[:, -1:, :])[:, 0, :]
 
 
-#: decode steps after which the fast engine packs its weights for the rest of a generation: packing costs about
-#: what 30 packed decode steps save (embedded model, docs/benchmarks.md), so generations of up to 32 tokens never
-#: pack, and longer ones gain from about 60 tokens
+#: decode steps after which the fast engine packs its weights for the rest of a generation: in development
+#: timings on the embedded model packing cost about what 30 packed decode steps save, so generations of up to 32
+#: tokens never pack (docs/benchmarks.md has the recorded end-to-end runs)
 PACK_AFTER_STEPS = 32
-#: the most rows a decode step may have for the fast engine to pack: measured on the embedded model, packing made
-#: sampling faster at batch 1 and 8 and slower at batch 64 (docs/benchmarks.md)
+#: the most rows a decode step may have for the fast engine to pack: on the embedded model packing made sampling
+#: faster at batch 1 and 8 (recorded, docs/benchmarks.md) and was not faster at batch 64 in development runs
 PACK_MAX_ROWS = 16
 
 

@@ -7,8 +7,8 @@ share of a small-M product. ``torch.ops.mkldnn._reorder_linear_weight`` does tha
 packed copy: the same numbers, bit for bit, in less time per decode step; packing every weight once costs about
 what 30 packed steps save, so ``HFEngine`` packs only once a generation has run ``PACK_AFTER_STEPS`` decode steps,
 and only for batches of up to ``PACK_MAX_ROWS`` rows: on the embedded model sampling was faster packed at batch 1
-and 8 but slower at batch 64, though each product alone was faster (``benchmarks/generation.py`` times the fast
-engine both ways; results in docs/benchmarks.md).
+and 8, and not at batch 64 in development runs, though each product alone was faster (``benchmarks/generation.py``
+times the fast engine both ways; results in docs/benchmarks.md).
 
 The mirror's linear layers are ``PackableLinear``; ``packed_weights(module, rows)`` attaches packed copies
 for the length of a block and removes them after it, also when interrupted. Packing is used only where it is
