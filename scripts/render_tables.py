@@ -1937,6 +1937,82 @@ def t_ms_training() -> str:
                      "minutes per step (median, 1 thread)"], rows)
 
 
+MSH = "multistep/results/heldout"
+
+
+def ms_variants() -> list[str]:
+    """The evaluated variants: base first, then the training seeds in order."""
+    info = J(f"{MSH}/info.json")
+    return sorted(info["variants"], key=lambda v: (v != "base", v))
+
+
+def ms_heldout(variant: str) -> dict[str, np.ndarray]:
+    """Per held-out problem (in the base file's order): greedy correct, sampled accuracy (mean over the sampling
+    seeds), and the sampled completions' tokens and token-cap hits."""
+    order = [r["problem"] for r in C(f"{MSH}/base.csv") if r["mode"] == "greedy"]
+    rows = C(f"{MSH}/{variant}.csv")
+    out = {}
+    for key, col in (("greedy", "correct"), ("sampled", "correct"), ("tokens", "n_tokens"), ("cap", "at_cap")):
+        mode = "greedy" if key == "greedy" else "sampled"
+        by = defaultdict(list)
+        for r in rows:
+            if r["mode"] == mode:
+                by[r["problem"]].append(float(r[col] == "True") if col == "at_cap" else float(r[col]))
+        if sorted(by) != sorted(order):
+            raise ValueError(f"{MSH}/{variant}.csv answers other problems than base.csv")
+        out[key] = np.array([np.mean(by[p]) for p in order])
+    return out
+
+
+def t_ms_heldout() -> str:
+    """Held-out accuracy of the base model and each training seed's all-layer set, with bootstrap 95% intervals
+    over problems (and over training seeds for the pooled row and the paired difference)."""
+    info = J(f"{MSH}/info.json")
+    seeds = [v for v in ms_variants() if v != "base"]
+    data = {v: ms_heldout(v) for v in ["base", *seeds]}
+    label = lambda v: "base" if v == "base" else f"steering, training seed {v.rpartition('seed')[2]}"
+    rows = [[label(v), info["variants"][v]["dtype"], f"{pct(d['greedy'].mean())} {ci(d['greedy'])}",
+             f"{pct(d['sampled'].mean())} {ci(d['sampled'])}", f(d["tokens"].mean(), 0), pct(d["cap"].mean())]
+            for v, d in data.items()]
+    if len(seeds) > 1:
+        cells = []
+        for mode in ("greedy", "sampled"):
+            lo, hi = boot_ci_seeds([data[v][mode] for v in seeds])
+            cells.append(f"{pct(np.mean([data[v][mode] for v in seeds]))} [{pct_n(lo)}, {pct_n(hi)}]")
+        rows.append([f"steering, seeds {join_and([v.rpartition('seed')[2] for v in seeds])} pooled", "", *cells,
+                     f(np.mean([data[v]["tokens"] for v in seeds]), 0),
+                     pct(np.mean([data[v]["cap"] for v in seeds]))])
+    if seeds:
+        cells = []
+        for mode in ("greedy", "sampled"):
+            steer = np.stack([data[v][mode] for v in seeds])
+            d, lo, hi = boot_stat_seeds([steer, np.broadcast_to(data["base"][mode], steer.shape)], lambda a, b: a - b)
+            cells.append(f"{sgn(100 * d, 1)} pts [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]")
+        rows.append(["steering - base, paired by problem", "", *cells, "", ""])
+    return md_table(["variant", "dtype", f"held-out greedy, {info['problems']} problems [95% CI]",
+                     f"held-out sampled avg@{info['samples']} (T = 1) [95% CI]", "mean sampled completion tokens",
+                     f"sampled completions at the {info['max_new_tokens']}-token cap"], rows)
+
+
+def t_ms_first_words() -> str:
+    """The first word of each held-out completion (the papers' first-token claim, read off the all-layer sets):
+    the share of completions opening with each of the six most common first words and with the papers' "To" and
+    "Step", per variant and decoding."""
+    variants = ms_variants()
+    words = defaultdict(Counter)
+    totals = Counter()
+    for v in variants:
+        for r in C(f"{MSH}/{v}.csv"):
+            key = (v if v == "base" else "steering", r["mode"])
+            words[key][r["first_word"] or "(empty)"] += 1
+            totals[key] += 1
+    top = [w for w, _ in sum(words.values(), Counter()).most_common(6)]
+    top += [w for w in ("To", "Step") if w not in top]  # the papers' openings, shown even when rare
+    rows = [[k[0] if k[0] == "base" else f"steering, {len(variants) - 1} training seed(s) pooled", k[1], str(totals[k]),
+             *[pct(words[k][w] / totals[k]) for w in top]] for k in sorted(words, key=lambda k: (k[0] != "base", k[1]))]
+    return md_table(["variant", "decoding", "completions", *[f'opens with "{w}"' for w in top]], rows)
+
+
 def ms_best_sampled() -> str:
     rows = [r for r in J("multistep/results/base_rates.json")["rows"] if r["decoding"].startswith("sampled")]
     r = max(rows, key=lambda r: r["accuracy"])
@@ -1975,6 +2051,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
     "multistep.training": t_ms_training,
+    "multistep.heldout": t_ms_heldout,
+    "multistep.first_words": t_ms_first_words,
     "bench.precision_peaks": t_precision_peaks,
     "bench.precision_phases": t_precision_phases,
     "bench.generation_runs": t_generation_runs,

@@ -143,7 +143,7 @@ def test_multistep_protocol_trains_then_evaluates_finished_seeds(tmp_path):
     run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
     proc = run("examples/multistep/train.py", *common, "--seeds", "0", "--steps", "2", "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    evaluate = ["examples/multistep/evaluate.py", *common, "--problems", "5", "--max-new-tokens", "6"]
+    evaluate = ["examples/multistep/evaluate.py", *common, "--dtype", "float32", "--problems", "5", "--max-new-tokens", "6"]
     proc = run(*evaluate)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "base:" in proc.stdout and "all-seed0:" in proc.stdout
@@ -157,6 +157,11 @@ def test_multistep_protocol_trains_then_evaluates_finished_seeds(tmp_path):
     proc = run(*evaluate)  # only the new seed is evaluated
     assert proc.returncode == 0 and "all-seed1:" in proc.stdout and "base:" not in proc.stdout, proc.stderr[-2000:]
     assert pd.read_csv(tmp_path / "heldout" / "base.csv").equals(base)
+    info = json.loads((tmp_path / "heldout" / "info.json").read_text())
+    assert info["problems"] == 5 and set(info["variants"]) == {"base", "all-seed0", "all-seed1"}
+    assert info["variants"]["all-seed1"]["dtype"] == "float32" and info["variants"]["base"]["steering"] is None
+    proc = run(*evaluate[:-1], "8")  # other settings would mix two protocols in one table: refused, one line
+    assert proc.returncode != 0 and "max_new_tokens" in proc.stderr and "another --out" in proc.stderr
 
 
 def test_first_token_substitution_runs_on_the_multistep_task(tmp_path):
@@ -177,6 +182,27 @@ def test_first_token_substitution_runs_on_the_multistep_task(tmp_path):
     controls = json.loads((tmp_path / "out" / "prefix_control.json").read_text())
     assert {"To", "Step"} <= set(controls) and "first operand" not in controls
     assert (tmp_path / "out" / "prefix_control_Step.csv").exists()
+
+
+def test_first_token_substitution_without_the_prefix_control(tmp_path):
+    """--no-prefix-control: the token shift of an all-layer set along sampled completions, and no held-out
+    generation (the prefix control's files are not written)."""
+    import pandas as pd
+
+    import steerinterp as si
+
+    model = si.load_model("tiny")
+    g = torch.Generator().manual_seed(0)
+    si.SteeringSet.from_tensors(model, {layer: torch.randn(model.cfg.d_model, generator=g)
+                                        for layer in range(model.cfg.n_layers)}).save(tmp_path / "vec", model=model)
+    proc = subprocess.run([sys.executable, "examples/first_token_substitution/run.py", "--model", "tiny", "--threads",
+                           "1", "--out", str(tmp_path / "out"), "--vectors", str(tmp_path / "vec"), "--task",
+                           "multistep:word_addsub", "--problems", "3", "--max-new-tokens", "5", "--all-completions",
+                           "--no-prefix-control"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shift = pd.read_csv(tmp_path / "out" / "token_shift.csv")
+    assert shift["pos"].min() == 0 and shift["pos"].max() == 4 and len(shift) == 3 * 5
+    assert not list((tmp_path / "out").glob("prefix_control*"))
 
 
 def test_penultimate_patching_runs_on_the_multistep_task(tmp_path):

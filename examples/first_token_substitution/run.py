@@ -18,6 +18,7 @@ favours most at position 0 (the first operand is an arithmetic-only control).
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -38,6 +39,10 @@ def first_operand(problem) -> str:
     return problem.question.split("What is ")[1].split(" ")[0]
 
 
+def single_token(model, text: str) -> bool:
+    return len(model.tokenizer(text, add_special_tokens=False)["input_ids"]) == 1
+
+
 def main():
     ap = example_parser(__doc__, HERE)
     ap.add_argument("--vectors", default=str(VECTOR))
@@ -45,6 +50,8 @@ def main():
     ap.add_argument("--samples", type=int, default=4, help="sampled evaluations (avg@k) for the prefix control")
     add_task_arguments(ap)
     ap.add_argument("--heldout", type=int, default=None, help="only the first N held-out problems (a quick look)")
+    ap.add_argument("--prefix-control", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the prefix control on the held-out problems (--no-prefix-control: the token shift only)")
     ap.add_argument("--all-completions", action="store_true",
                     help="analyse every sampled completion, not only those that end with EOS (the papers')")
     ex = start_example(ap)
@@ -59,10 +66,11 @@ def main():
     keep = torch.arange(len(rollouts.texts)) if args.all_completions else rollouts.finished.nonzero()[:, 0]
     batch = A.as_batch(rollouts).rows(keep)
 
-    shift = A.token_shift(model, batch, vec, track=["To"])
+    papers = ["To"] if single_token(model, "To") else []  # a vocabulary without a one-token "To" tracks none
+    shift = A.token_shift(model, batch, vec, track=papers)
     pos0 = shift.to_frame()[shift.to_frame()["pos"] == 0]
     top_token = pos0["dst"].value_counts().index[0]
-    shift = A.token_shift(model, batch, vec, track=["To", top_token] if top_token != "To" else ["To"])
+    shift = A.token_shift(model, batch, vec, track=papers + [top_token] if top_token not in papers else papers)
     write_csv(shift.to_frame(), out / "token_shift.csv")
     summary = shift.summary()
     write_csv(summary, out / "token_shift_summary.csv")
@@ -78,6 +86,8 @@ def main():
     print("logit lens (through the final norm) of the vector, boosted:",
           [lens.vocab[i] for i in lens.top(model.cfg.n_layers - 1)])
 
+    if not args.prefix_control:
+        return
     # The papers' control prefixes every answer with the token the vector favours ("To"). On add1 the vector
     # favours the problem's first operand (answers become "a + b = c"), so that is the matching prefix there; on
     # other tasks the papers' "Step" and the token the vector favours most at position 0 stand beside "To".
@@ -86,8 +96,7 @@ def main():
         prefixes = [("To", "To"), ("first operand", first_operand)]
     else:
         top = top_token.strip()
-        single = len(model.tokenizer(top, add_special_tokens=False)["input_ids"]) == 1
-        prefixes = [("To", "To"), ("Step", "Step")] + ([(f"top token {top}", top)] if single and top
+        prefixes = [("To", "To"), ("Step", "Step")] + ([(f"top token {top}", top)] if single_token(model, top) and top
                                                        and top not in ("To", "Step") else [])
     for label, prefix in prefixes:
         ctrl = A.prefix_control(model, task, vec, prefix=prefix, label=label, samples=args.samples,

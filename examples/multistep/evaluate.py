@@ -5,8 +5,9 @@ completions at T = 1, ``--max-new-tokens`` tokens (the task's 256), for the base
 of every finished run ``results/runs/all-seedS`` (``train.py``). Each variant's rows go to
 ``results/heldout/VARIANT.csv`` (one row per decoding, sampling seed and problem: correct, tokens, whether the
 completion hit the token cap, its first word and the completion itself, for the first-token and process-word
-analyses), written atomically; a re-run evaluates only the variants that have no file yet, so finished seeds can
-be added as they come.
+analyses), written atomically, with the settings and each variant's dtype in ``results/heldout/info.json``; a
+re-run evaluates only the variants that have no file yet, so finished seeds can be added as they come (with the
+same settings: another --problems, --samples or --max-new-tokens is refused).
 
     python examples/multistep/evaluate.py                 # base + every finished seed (~25 min per variant, 1 thread)
     python examples/multistep/evaluate.py --problems 16   # a quick look
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+import torch
 
 import steerinterp as si
 from steerinterp.app.examples import example_parser, finished_runs, start_example, write_csv
@@ -46,6 +49,14 @@ def main():
                                  for arm, seed, run in finished_runs(ex.out / "runs") if arm == "all"}
     out = ex.out / "heldout"
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"task": task.name, "level": args.level, "problems": len(problems), "samples": args.samples,
+                "max_new_tokens": args.max_new_tokens}
+    info_path = out / "info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else settings | {"variants": {}}
+    clash = {k: (info[k], v) for k, v in settings.items() if info[k] != v}
+    if clash:
+        raise SystemExit(f"error: {out} holds variants evaluated with other settings {clash} (file, now); "
+                         f"pass the same settings or another --out")
     for name, path in variants.items():
         target = out / f"{name}.csv"
         if target.exists():
@@ -59,12 +70,11 @@ def main():
             first_word=lambda x: x["completion"].map(first_word))
         d["correct"] = d["correct"].astype(int)
         write_csv(d, target)
+        info["variants"][name] = {"dtype": str(model.cfg.dtype).removeprefix("torch."), "torch": torch.__version__,
+                                  "steering": None if path is None else str(Path(path).relative_to(ex.out))}
+        info_path.write_text(json.dumps(info, indent=1))
         print(f"{name}: greedy {d[d['mode'] == 'greedy'].correct.mean():.1%}, "
               f"sampled {d[d['mode'] == 'sampled'].correct.mean():.1%}", flush=True)
-    (out / "info.json").write_text(json.dumps({
-        "task": task.name, "level": args.level, "problems": len(problems), "samples": args.samples,
-        "max_new_tokens": args.max_new_tokens, "variants": sorted(variants)}, indent=1))
-
 
 if __name__ == "__main__":
     main()
