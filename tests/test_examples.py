@@ -227,6 +227,76 @@ def test_penultimate_patching_runs_on_the_multistep_task(tmp_path):
     assert {"no_patch", "base", "skip_layer"} <= set(table.variant)
 
 
+def test_penultimate_patching_over_training_seeds(tmp_path):
+    """examples/penultimate_patching/seeds.py on the tiny model: each seed's penultimate-layer run from the sweep is
+    patched (effect_lost: exactly 0 for no patch and 1 for the base run), decoded per held-out problem under each
+    patch, written per seed, and a re-run does nothing new."""
+    import pandas as pd
+
+    import steerinterp as si
+
+    model = si.load_model("tiny")
+    pen = model.cfg.n_layers - 2
+    common = ["--model", "tiny", "--threads", "1"]
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run("examples/single_layer_sweep/train.py", *common, "--out", str(tmp_path / "sweep"), "--layers", str(pen),
+               "--seeds", "0", "--steps", "2", "--no-all-layers")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = tmp_path / "sweep" / "runs" / f"layer{pen}-seed0" / "final"
+    g = torch.Generator().manual_seed(0)  # two steps may leave the vector at zero: give it a direction
+    si.SteeringSet.from_tensors(model, {pen: 3 * torch.randn(model.cfg.d_model, generator=g)}).save(final, model=model)
+    cmd = ["examples/penultimate_patching/seeds.py", *common, "--out", str(tmp_path / "pp"), "--runs",
+           str(tmp_path / "sweep" / "runs"), "--problems", "3", "--heldout", "4", "--max-new-tokens", "4"]
+    proc = run(*cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lost = pd.read_csv(tmp_path / "pp" / "seeds" / "effect_lost-seed0.csv").set_index(["positions", "patch"])
+    for positions in ("first", "completion"):
+        assert lost.loc[(positions, "no_patch"), "effect_lost"] == 0
+        assert abs(lost.loc[(positions, "base"), "effect_lost"] - 1) < 1e-9
+    acc = pd.read_csv(tmp_path / "pp" / "seeds" / "patched_accuracy-seed0.csv")
+    assert {"no_patch", "base", "skip_attn", "skip_layer", "skip_head[0]", "skip_attn->mlp"} <= set(acc.patch)
+    assert not any(acc.patch.str.startswith(("steer_head", "q[")))
+    assert acc.groupby("patch").problem.nunique().eq(4).all() and set(acc["mode"]) == {"greedy"}
+    proc = run(*cmd)
+    assert proc.returncode == 0 and "seed 0:" not in proc.stdout, proc.stderr[-2000:]
+
+
+def test_first_token_substitution_over_training_seeds(tmp_path):
+    """examples/first_token_substitution/seeds.py on the embedded model with random last-layer vectors standing in
+    for two seeds' sweep runs: the vector-free arms once, per seed a token-shift row per completion position and
+    a held-out row per problem and sampling seed; a re-run adds nothing."""
+    import pandas as pd
+
+    import steerinterp as si
+
+    model = si.load_model("embedded")  # "To" and the operands must be single tokens
+    last = model.cfg.n_layers - 1
+    g = torch.Generator().manual_seed(0)
+    for seed in (0, 1):
+        final = tmp_path / "runs" / f"layer{last}-seed{seed}" / "final"  # where a finished run keeps its vectors
+        si.SteeringSet.from_tensors(model, {last: 20 * torch.randn(model.cfg.d_model, generator=g)}).save(final,
+                                                                                                          model=model)
+    cmd = [sys.executable, "examples/first_token_substitution/seeds.py", "--threads", "1", "--out", str(tmp_path / "ft"),
+           "--runs", str(tmp_path / "runs"), "--problems", "3", "--heldout", "2", "--samples", "1",
+           "--max-new-tokens", "3", "--all-completions"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "ft" / "seeds"
+    base = pd.read_csv(out / "heldout-base.csv")
+    assert set(base.variant) == {"base", "base + first operand", "base + To"} and set(base.train_seed) == {-1}
+    assert base.groupby(["variant", "mode"]).problem.nunique().eq(2).all()
+    for seed in (0, 1):
+        held = pd.read_csv(out / f"heldout-seed{seed}.csv")
+        assert set(held.variant) == {"steered"} and set(held.train_seed) == {seed} and len(held) == 2 * 2
+        shift = pd.read_csv(out / f"token_shift-seed{seed}.csv")
+        assert shift["pos"].min() == 0 and "dp[To]" in shift and (shift["kl"] >= 0).all()
+    probs = pd.read_csv(out / "first_token_probs.csv")
+    assert len(probs) == 4 and set(probs.token) == {"first operand", "To"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "seed " not in proc.stdout, proc.stderr[-2000:]
+    assert len(pd.read_csv(out / "first_token_probs.csv")) == 4
+
+
 def test_transfer_to_a_sibling_fine_tuned_on_another_level(tmp_path):
     """examples/transfer/sibling.py on the tiny model: the sibling's weights differ from the base model's, each
     model gets its own vectors, and every (seed, recipient, donor, decoding, problem) outcome is written."""
