@@ -794,6 +794,117 @@ def ft_pos0() -> list[dict]:
     return [r for r in C(f"{FT}/token_shift.csv") if r["pos"] == "0"]
 
 
+FTS = "first_token_substitution/results/seeds"
+
+
+def seed_files(folder: str, stem: str) -> dict[int, list[dict]]:
+    """``{training seed: rows}`` of every ``folder/stem-seedS.csv``."""
+    return {int(p.stem.rpartition("seed")[2]): C(f"{folder}/{p.name}")
+            for p in sorted((EX / folder).glob(f"{stem}-seed*.csv"))}
+
+
+def per_problem_acc(rows: list[dict], mode: str, order: list[str], **match) -> np.ndarray:
+    """Accuracy per problem (in ``order``; the mean over sampling seeds for ``sampled``) of the rows matching."""
+    by = defaultdict(list)
+    for r in rows:
+        if r["mode"] == mode and all(r[k] == v for k, v in match.items()):
+            by[r["problem"]].append(float(r["correct"]))
+    if sorted(by) != sorted(order):
+        raise ValueError(f"rows for {match} ({mode}) answer other problems than expected")
+    return np.array([np.mean(by[q]) for q in order])
+
+
+def ft_seed_shift() -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per training seed and completion: KL at position 0, summed KL at later positions, later positions."""
+    out = {}
+    for seed, rows in seed_files(FTS, "token_shift").items():
+        kl0, later, n = defaultdict(float), defaultdict(float), defaultdict(int)
+        for r in rows:
+            if r["pos"] == "0":
+                kl0[r["sample"]] = float(r["kl"])
+            else:
+                later[r["sample"]] += float(r["kl"])
+                n[r["sample"]] += 1
+        keys = sorted(kl0)
+        out[seed] = (np.array([kl0[k] for k in keys]), np.array([later[k] for k in keys]),
+                     np.array([n[k] for k in keys], dtype=float))
+    return out
+
+
+def ft_seeds_kl_ratio(n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean KL at the first generated token / mean KL at later positions, pooled over training seeds and
+    completions, with a percentile bootstrap 95% interval that resamples seeds and, within each, completions."""
+    shift = list(ft_seed_shift().values())
+    ratio = lambda parts: (sum(a.sum() for a, _, _ in parts) / sum(len(a) for a, _, _ in parts)) / (
+        sum(b.sum() for _, b, _ in parts) / sum(c.sum() for _, _, c in parts))
+    g = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        parts = []
+        for i in g.integers(0, len(shift), len(shift)):
+            j = g.integers(0, len(shift[i][0]), len(shift[i][0]))
+            parts.append(tuple(x[j] for x in shift[i]))
+        draws.append(ratio(parts))
+    return float(ratio(shift)), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def ft_seed_arms() -> tuple[dict, list[int], list[str], int]:
+    """Per-problem held-out accuracy of the base arms and each seed's vector: ``{(variant, mode): array}`` for the
+    base arms, ``{("steered", mode): [S, P] array}``, the seeds, the problem order and k."""
+    base = C(f"{FTS}/heldout-base.csv")
+    order = sorted({r["problem"] for r in base}, key=[r["problem"] for r in base].index)
+    seeds = seed_files(FTS, "heldout")
+    arms = {}
+    for mode in ("greedy", "sampled"):
+        for v in ("base", "base + first operand", "base + To"):
+            arms[v, mode] = per_problem_acc(base, mode, order, variant=v)
+        arms["steered", mode] = np.stack([per_problem_acc(rows, mode, order) for rows in seeds.values()])
+    k = len({r["sample_seed"] for r in base if r["mode"] == "sampled"})
+    return arms, sorted(seeds), order, k
+
+
+def t_ft_seeds() -> str:
+    """Claims 7-8 over independently trained last-layer vectors: accuracy of every arm with intervals over problems
+    (and training seeds for the vectors), the share of the vector's gain each prefix recovers, and the first-token
+    probabilities."""
+    arms, seeds, order, k = ft_seed_arms()
+    probs = C(f"{FTS}/first_token_probs.csv")
+    p = lambda token, col: np.mean([float(r[col]) for r in probs if r["token"] == token])
+    cell = lambda a: f"{pct(a.mean())} {ci(a)}"
+    rows = [["base", cell(arms["base", "greedy"]), cell(arms["base", "sampled"]),
+             f"{f(p('first operand', 'p_first_base'))} / {f(p('To', 'p_first_base'))}", ""]]
+    for v, label in (("base + first operand", "base + the first operand written at the start of the answer"),
+                     ("base + To", 'base + "To" written at the start of the answer')):
+        recovered = []
+        for mode in ("greedy", "sampled"):
+            steer = arms["steered", mode]
+            base_, prefixed = (np.broadcast_to(arms[a, mode], steer.shape) for a in ("base", v))
+            r, lo, hi = boot_stat_seeds([base_, prefixed, steer],
+                                        lambda a, b, c: (b - a) / (c - a) if c != a else np.nan)
+            recovered.append(f"{pct(r, 0)} [{pct_n(lo, 0)}, {pct_n(hi, 0)}]")
+        rows.append([label, cell(arms[v, "greedy"]), cell(arms[v, "sampled"]), "1 (written)", pair(*recovered)])
+    pooled = []
+    for mode in ("greedy", "sampled"):
+        lo, hi = boot_ci_seeds(list(arms["steered", mode]))
+        pooled.append(f"{pct(arms['steered', mode].mean())} [{pct_n(lo)}, {pct_n(hi)}]")
+    rows.append([f"last-layer vector, training seeds {join_and([str(s) for s in seeds])} pooled", *pooled,
+                 f"{f(p('first operand', 'p_first_steered'))} / {f(p('To', 'p_first_steered'), 3)}", ""])
+    return md_table(["variant", f"held-out greedy (n = {len(order)}) [95% CI]", f"sampled avg@{k} [95% CI]",
+                     'p(first operand) / p("To") as the first token', "share of the vector's gain recovered, "
+                     "greedy / sampled [95% CI]"], rows)
+
+
+def t_ft_seeds_shift() -> str:
+    """Per training seed: completions analysed, mean KL(steered || base) at position 0 and later, their ratio."""
+    rows = []
+    for seed, (k0, lat, n) in ft_seed_shift().items():
+        rows.append([str(seed), str(len(k0)), f(k0.mean()), f(lat.sum() / n.sum(), 3), f(k0.mean() / (lat.sum() / n.sum()), 1)])
+    r, lo, hi = ft_seeds_kl_ratio()
+    rows.append(["pooled", "", "", "", f"{f(r, 1)} [{f(lo, 1)}, {f(hi, 1)}]"])
+    return md_table(["training seed", "completions (EOS-ended)", "mean KL at the first generated token",
+                     "mean KL at later positions", "ratio [95% CI over seeds and completions]"], rows)
+
+
 # --- penultimate_patching ----------------------------------------------------------------------------------
 
 PP = "penultimate_patching/results"
@@ -839,6 +950,53 @@ def t_pp_lost() -> str:
     n_comp = html_n(f"{PP}/patching_completion_skip_head.html", r"completion positions, n=(\d+)")
     return md_table(["patch of block 29", f"effect lost at the first token (n = {n_first})",
                      f"effect lost, whole completion (n = {n_comp} positions)"], rows)
+
+
+PPS = "penultimate_patching/results/seeds"
+
+
+def pp_seed_lost(positions: str) -> dict[int, dict[str, float]]:
+    """``{training seed: {patch: effect_lost}}`` at ``positions`` (first / completion)."""
+    return {seed: {r["patch"]: float(r["effect_lost"]) for r in rows if r["positions"] == positions}
+            for seed, rows in seed_files(PPS, "effect_lost").items()}
+
+
+def t_pp_seeds() -> str:
+    """Claim 9 over independently trained penultimate-layer vectors: the share of the effect each patch loses (mean
+    over seeds, each seed's value in brackets; Skip-Head: the largest over heads) and greedy held-out accuracy
+    under the patch, pooled over seeds with an interval over seeds and problems, and its paired difference from
+    the steered model."""
+    first, comp = pp_seed_lost("first"), pp_seed_lost("completion")
+    acc_rows = seed_files(PPS, "patched_accuracy")
+    seeds = sorted(acc_rows)
+    order = sorted({r["problem"] for r in acc_rows[seeds[0]]}, key=[r["problem"] for r in acc_rows[seeds[0]]].index)
+    heads = sorted({r["patch"] for r in acc_rows[seeds[0]] if re.fullmatch(r"skip_head\[\d+\]", r["patch"])})
+    acc = {name: np.stack([per_problem_acc(acc_rows[s], "greedy", order, patch=name) for s in seeds])
+           for name in {r["patch"] for r in acc_rows[seeds[0]]}}
+
+    def lost(d: dict, names: list[str]) -> str:
+        vals = [max(d[s][n] for n in names) for s in seeds]
+        return f"{f(np.mean(vals))} ({', '.join(f(v) for v in vals)})"
+
+    def accuracy(names: list[str]) -> list[str]:
+        if len(names) > 1:  # the head whose patch costs most, pooled over seeds
+            names = [min(names, key=lambda n: acc[n].mean())]
+        a = acc[names[0]]
+        lo, hi = boot_ci_seeds(list(a))
+        d, dlo, dhi = boot_stat_seeds([a, acc["no_patch"]], lambda x, y: x - y)
+        diff = "" if names[0] == "no_patch" else f"{sgn(100 * d, 1)} pts [{sgn(100 * dlo, 1)}, {sgn(100 * dhi, 1)}]"
+        return [f"{pct(a.mean())} [{pct_n(lo)}, {pct_n(hi)}]", diff]
+
+    rows = []
+    for label, names in (("none (steered)", ["no_patch"]), ("unsteered model", ["base"]), ("Skip-Attn", ["skip_attn"]),
+                         ("Skip-Layer (s only along the residual)", ["skip_layer"]),
+                         (f"Skip-Head h, the largest of {len(heads)} heads", heads),
+                         ("attention -> MLP only", ["skip_attn->mlp"]), ("attention -> residual only", ["skip_attn->resid"])):
+        rows.append([label, lost(first, names), lost(comp, names), *accuracy(names)])
+    return md_table(["patch of the last block", "effect lost at the first token, mean (per seed)",
+                     "effect lost over the completion, mean (per seed)",
+                     f"held-out greedy (n = {len(order)}, {len(seeds)} seeds pooled) [95% CI]",
+                     "minus the steered model, paired [95% CI]"], rows)
 
 
 def pp_acc() -> dict[str, float]:
@@ -2033,6 +2191,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "single_layer_sweep.accuracy": t_sweep,
     "first_token_substitution.shift": t_ft_shift,
     "first_token_substitution.prefix": t_ft_prefix,
+    "first_token_substitution.seeds": t_ft_seeds,
+    "first_token_substitution.seeds_shift": t_ft_seeds_shift,
     "penultimate_patching.patches": t_pp,
     "penultimate_patching.effect_lost": t_pp_lost,
     "persistence.matrix": t_pers,
@@ -2051,8 +2211,6 @@ TABLES: dict[str, Callable[[], str]] = {
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
     "multistep.training": t_ms_training,
-    "multistep.heldout": t_ms_heldout,
-    "multistep.first_words": t_ms_first_words,
     "bench.precision_peaks": t_precision_peaks,
     "bench.precision_phases": t_precision_phases,
     "bench.generation_runs": t_generation_runs,
