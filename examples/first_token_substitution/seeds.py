@@ -7,8 +7,9 @@ papers keep those that end with EOS), teacher-forces them with and without the v
 completion position, so position 0 can be compared with later ones completion by completion), and evaluates the
 steered model on the held-out problems. The prefix control's arms that do not involve a vector (the base model,
 and the base model with "To" or with the problem's first operand written at the start of its answer) are
-evaluated once. Every evaluation keeps one row per problem and sampling seed (``results/seeds/heldout.csv``), so
-the share of the gain a prefix recovers gets an interval over problems and training seeds.
+evaluated once (``results/seeds/heldout-base.csv``). Every evaluation keeps one row per problem and sampling seed
+(``heldout-seedS.csv``, ``token_shift-seedS.csv``, ``first_token_probs.csv``), so the share of the gain a prefix
+recovers gets an interval over problems and training seeds; a re-run does the missing seeds only.
 
     python examples/first_token_substitution/seeds.py        # ~5 min per seed on 1 thread
 """
