@@ -2122,6 +2122,24 @@ def ms_heldout(variant: str) -> dict[str, np.ndarray]:
     return out
 
 
+def ms_paired_diff(data: dict[str, dict[str, np.ndarray]], seeds: list[str]) -> dict[str, str]:
+    """Held-out accuracy of the steered sets minus the base model's, paired by problem, with a bootstrap 95% interval
+    over problems and training seeds, per decoding."""
+    cells = {}
+    for mode in ("greedy", "sampled"):
+        steer = np.stack([data[v][mode] for v in seeds])
+        d, lo, hi = boot_stat_seeds([steer, np.broadcast_to(data["base"][mode], steer.shape)], lambda a, b: a - b)
+        cells[mode] = f"{sgn(100 * d, 1)} pts [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
+    return cells
+
+
+def ms_heldout_diff() -> str:
+    seeds = [v for v in ms_variants() if v != "base"]
+    cells = ms_paired_diff({v: ms_heldout(v) for v in ["base", *seeds]}, seeds)
+    return (f"{cells['greedy']} greedy, {cells['sampled']} sampled "
+            f"({len(seeds)} training seeds, {J(f'{MSH}/info.json')['problems']} held-out problems)")
+
+
 def t_ms_heldout() -> str:
     """Held-out accuracy of the base model and each training seed's all-layer set, with bootstrap 95% intervals
     over problems (and over training seeds for the pooled row and the paired difference)."""
@@ -2141,12 +2159,7 @@ def t_ms_heldout() -> str:
                      f(np.mean([data[v]["tokens"] for v in seeds]), 0),
                      pct(np.mean([data[v]["cap"] for v in seeds]))])
     if seeds:
-        cells = []
-        for mode in ("greedy", "sampled"):
-            steer = np.stack([data[v][mode] for v in seeds])
-            d, lo, hi = boot_stat_seeds([steer, np.broadcast_to(data["base"][mode], steer.shape)], lambda a, b: a - b)
-            cells.append(f"{sgn(100 * d, 1)} pts [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]")
-        rows.append(["steering - base, paired by problem", "", *cells, "", ""])
+        rows.append(["steering - base, paired by problem", "", *ms_paired_diff(data, seeds).values(), "", ""])
     return md_table(["variant", "dtype", f"held-out greedy, {info['problems']} problems [95% CI]",
                      f"held-out sampled avg@{info['samples']} (T = 1) [95% CI]", "mean sampled completion tokens",
                      f"sampled completions at the {info['max_new_tokens']}-token cap"], rows)
@@ -2211,6 +2224,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
     "multistep.training": t_ms_training,
+    "multistep.heldout": t_ms_heldout,
+    "multistep.first_words": t_ms_first_words,
     "bench.precision_peaks": t_precision_peaks,
     "bench.precision_phases": t_precision_phases,
     "bench.generation_runs": t_generation_runs,
@@ -2599,6 +2614,7 @@ V: dict[str, Callable[[], str]] = {
     "claims.tr_normalised": lambda: pair(f(tr()["base", "full-FT"][1], 1), f(tr()["full-FT", "base"][1], 1)),
     "claims.sae_top_incorrect": sae_top_incorrect,
     "claims.ms_best": ms_best_sampled,
+    "claims.ms_heldout_diff": ms_heldout_diff,
 }
 VALUES = V
 
