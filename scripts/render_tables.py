@@ -961,11 +961,9 @@ def pp_seed_lost(positions: str) -> dict[int, dict[str, float]]:
             for seed, rows in seed_files(PPS, "effect_lost").items()}
 
 
-def t_pp_seeds() -> str:
-    """Claim 9 over independently trained penultimate-layer vectors: the share of the effect each patch loses (mean
-    over seeds, each seed's value in brackets; Skip-Head: the largest over heads) and greedy held-out accuracy
-    under the patch, pooled over seeds with an interval over seeds and problems, and its paired difference from
-    the steered model."""
+def pp_seeds_data() -> dict:
+    """The seed runs' effect lost (first / completion), per-problem greedy accuracy under each patch (seeds x
+    problems), training seeds, problem count and Skip-Head patch names."""
     first, comp = pp_seed_lost("first"), pp_seed_lost("completion")
     acc_rows = seed_files(PPS, "patched_accuracy")
     seeds = sorted(acc_rows)
@@ -973,30 +971,59 @@ def t_pp_seeds() -> str:
     heads = sorted({r["patch"] for r in acc_rows[seeds[0]] if re.fullmatch(r"skip_head\[\d+\]", r["patch"])})
     acc = {name: np.stack([per_problem_acc(acc_rows[s], "greedy", order, patch=name) for s in seeds])
            for name in {r["patch"] for r in acc_rows[seeds[0]]}}
+    return {"first": first, "completion": comp, "acc": acc, "seeds": seeds, "n": len(order), "heads": heads}
 
-    def lost(d: dict, names: list[str]) -> str:
-        vals = [max(d[s][n] for n in names) for s in seeds]
-        return f"{f(np.mean(vals))} ({', '.join(f(v) for v in vals)})"
 
-    def accuracy(names: list[str]) -> list[str]:
-        if len(names) > 1:  # the head whose patch costs most, pooled over seeds
-            names = [min(names, key=lambda n: acc[n].mean())]
-        a = acc[names[0]]
-        lo, hi = boot_ci_seeds(list(a))
-        d, dlo, dhi = boot_stat_seeds([a, acc["no_patch"]], lambda x, y: x - y)
-        diff = "" if names[0] == "no_patch" else f"{sgn(100 * d, 1)} pts [{sgn(100 * dlo, 1)}, {sgn(100 * dhi, 1)}]"
-        return [f"{pct(a.mean())} [{pct_n(lo)}, {pct_n(hi)}]", diff]
+def pp_seeds_lost(data: dict, positions: str, names: list[str]) -> str:
+    """Effect lost at ``positions``: mean over seeds, each seed's value in brackets (the largest over ``names``)."""
+    vals = [max(data[positions][s][n] for n in names) for s in data["seeds"]]
+    return f"{f(np.mean(vals))} ({', '.join(f(v) for v in vals)})"
 
+
+def pp_seeds_acc(data: dict, names: list[str]) -> list[str]:
+    """Pooled greedy accuracy under the patch (for several names: the one that costs most) with its interval over
+    seeds and problems, and its paired difference from the steered model ('' for the steered model itself)."""
+    acc = data["acc"]
+    if len(names) > 1:
+        names = [min(names, key=lambda n: acc[n].mean())]
+    a = acc[names[0]]
+    lo, hi = boot_ci_seeds(list(a))
+    d, dlo, dhi = boot_stat_seeds([a, acc["no_patch"]], lambda x, y: x - y)
+    diff = "" if names[0] == "no_patch" else f"{sgn(100 * d, 1)} pts [{sgn(100 * dlo, 1)}, {sgn(100 * dhi, 1)}]"
+    return [f"{pct(a.mean())} [{pct_n(lo)}, {pct_n(hi)}]", diff]
+
+
+def t_pp_seeds() -> str:
+    """Claim 9 over independently trained penultimate-layer vectors: the share of the effect each patch loses (mean
+    over seeds, each seed's value in brackets; Skip-Head: the largest over heads) and greedy held-out accuracy
+    under the patch, pooled over seeds with an interval over seeds and problems, and its paired difference from
+    the steered model."""
+    data = pp_seeds_data()
     rows = []
     for label, names in (("none (steered)", ["no_patch"]), ("unsteered model", ["base"]), ("Skip-Attn", ["skip_attn"]),
                          ("Skip-Layer (s only along the residual)", ["skip_layer"]),
-                         (f"Skip-Head h, the largest of {len(heads)} heads", heads),
+                         (f"Skip-Head h, the largest of {len(data['heads'])} heads", data["heads"]),
                          ("attention -> MLP only", ["skip_attn->mlp"]), ("attention -> residual only", ["skip_attn->resid"])):
-        rows.append([label, lost(first, names), lost(comp, names), *accuracy(names)])
+        rows.append([label, pp_seeds_lost(data, "first", names), pp_seeds_lost(data, "completion", names),
+                     *pp_seeds_acc(data, names)])
     return md_table(["patch of the last block", "effect lost at the first token, mean (per seed)",
                      "effect lost over the completion, mean (per seed)",
-                     f"held-out greedy (n = {len(order)}, {len(seeds)} seeds pooled) [95% CI]",
+                     f"held-out greedy (n = {data['n']}, {len(data['seeds'])} seeds pooled) [95% CI]",
                      "minus the steered model, paired [95% CI]"], rows)
+
+
+def pp_seeds_skip_layer() -> str:
+    """Claim 9's Skip-Layer result over the training seeds, for docs/claims.md."""
+    data = pp_seeds_data()
+    acc, diff = pp_seeds_acc(data, ["skip_layer"])
+    steered, _ = pp_seeds_acc(data, ["no_patch"])
+    others = [*data["heads"], "skip_attn", "skip_attn->mlp", "skip_attn->resid"]
+    return (f"Skip-Layer loses {pp_seeds_lost(data, 'first', ['skip_layer'])} of the effect at the first token and "
+            f"{pp_seeds_lost(data, 'completion', ['skip_layer'])} over the completion (mean, per seed); greedy "
+            f"held-out accuracy {acc} against the steered {steered}, paired {diff} "
+            f"({len(data['seeds'])} training seeds, {data['n']} problems each); no head or attention route loses "
+            f"more than {f(max(data[p][s][n] for p in ('first', 'completion') for s in data['seeds'] for n in others))} "
+            f"in any seed")
 
 
 def pp_acc() -> dict[str, float]:
@@ -2208,6 +2235,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "first_token_substitution.seeds_shift": t_ft_seeds_shift,
     "penultimate_patching.patches": t_pp,
     "penultimate_patching.effect_lost": t_pp_lost,
+    "penultimate_patching.seeds": t_pp_seeds,
     "persistence.matrix": t_pers,
     "composition.pairs": t_comp,
     "composition.seeds_greedy": t_comp_seeds,
@@ -2237,6 +2265,7 @@ s0 = lambda path: seeds(path)[0]
 V: dict[str, Callable[[], str]] = {
     "pp.lost_skip_layer_first": lambda: pct(pp_lost("first")["skip_layer"], 0),
     "pp.lost_skip_layer_comp": lambda: pct(pp_lost("completion")["skip_layer"], 0),
+    "pp.seeds_skip_layer": pp_seeds_skip_layer,
     "pp.lost_max_head": lambda: pct(max(_group(pp_lost("completion"), "skip_head") + _group(pp_lost("first"), "skip_head")), 1),
     # rl_arithmetic
     "rl.add1.n_train": lambda: str(task_sizes(ADD1)[0]),
