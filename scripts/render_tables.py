@@ -2195,20 +2195,32 @@ def t_ms_heldout() -> str:
 def t_ms_first_words() -> str:
     """The first word of each held-out completion (the papers' first-token claim, read off the all-layer sets):
     the share of completions opening with each of the six most common first words and with the papers' "To" and
-    "Step", per variant and decoding."""
+    "Step", per variant (each training seed on its own: their openings differ) and decoding."""
     variants = ms_variants()
     words = defaultdict(Counter)
     totals = Counter()
     for v in variants:
         for r in C(f"{MSH}/{v}.csv"):
-            key = (v if v == "base" else "steering", r["mode"])
-            words[key][r["first_word"] or "(empty)"] += 1
-            totals[key] += 1
+            words[v, r["mode"]][r["first_word"] or "(empty)"] += 1
+            totals[v, r["mode"]] += 1
     top = [w for w, _ in sum(words.values(), Counter()).most_common(6)]
     top += [w for w in ("To", "Step") if w not in top]  # the papers' openings, shown even when rare
-    rows = [[k[0] if k[0] == "base" else f"steering, {len(variants) - 1} training seed(s) pooled", k[1], str(totals[k]),
-             *[pct(words[k][w] / totals[k]) for w in top]] for k in sorted(words, key=lambda k: (k[0] != "base", k[1]))]
+
+    def label(v: str) -> str:
+        return v if v == "base" else f"steering, training seed {v.rpartition('-seed')[2]}"
+
+    rows = [[label(k[0]), k[1], str(totals[k]), *[pct(words[k][w] / totals[k]) for w in top]]
+            for k in sorted(words, key=lambda k: (variants.index(k[0]), k[1]))]
     return md_table(["variant", "decoding", "completions", *[f'opens with "{w}"' for w in top]], rows)
+
+
+def ms_to_openings() -> str:
+    """Greedy held-out completions that open with "To", per variant (the papers' first-token substitution)."""
+    share = {v: np.mean([r["first_word"] == "To" for r in C(f"{MSH}/{v}.csv") if r["mode"] == "greedy"])
+             for v in ms_variants()}
+    seeds = [v for v in share if v != "base"]
+    return (f"base {pct(share['base'])}, steering {' / '.join(pct(share[v]) for v in seeds)} for training seeds "
+            f"{', '.join(v.rpartition('-seed')[2] for v in seeds)}")
 
 
 def ms_best_sampled() -> str:
@@ -2644,6 +2656,7 @@ V: dict[str, Callable[[], str]] = {
     "claims.sae_top_incorrect": sae_top_incorrect,
     "claims.ms_best": ms_best_sampled,
     "claims.ms_heldout_diff": ms_heldout_diff,
+    "claims.ms_to_openings": ms_to_openings,
 }
 VALUES = V
 

@@ -32,6 +32,7 @@ SCORED = {
     "multistep/results/heldout/base.csv": "multistep:word_addsub",
     "multistep/results/heldout/all-seed0.csv": "multistep:word_addsub",
     "multistep/results/heldout/all-seed1.csv": "multistep:word_addsub",
+    "multistep/results/heldout/all-seed2.csv": "multistep:word_addsub",
 }
 TRUE = {"True", "true", "1", "1.0"}
 
