@@ -814,10 +814,11 @@ def per_problem_acc(rows: list[dict], mode: str, order: list[str], **match) -> n
     return np.array([np.mean(by[q]) for q in order])
 
 
-def ft_seed_shift() -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per training seed and completion: KL at position 0, summed KL at later positions, later positions."""
+def ft_seed_shift(files: dict[int, list[dict]] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per training seed and completion: KL at position 0, summed KL at later positions, later positions, from
+    ``{seed: token_shift rows}`` (default: first_token_substitution/seeds.py's files)."""
     out = {}
-    for seed, rows in seed_files(FTS, "token_shift").items():
+    for seed, rows in (seed_files(FTS, "token_shift") if files is None else files).items():
         kl0, later, n = defaultdict(float), defaultdict(float), defaultdict(int)
         for r in rows:
             if r["pos"] == "0":
@@ -831,10 +832,11 @@ def ft_seed_shift() -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
-def ft_seeds_kl_ratio(n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def ft_seeds_kl_ratio(shift: dict | None = None, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean KL at the first generated token / mean KL at later positions, pooled over training seeds and
-    completions, with a percentile bootstrap 95% interval that resamples seeds and, within each, completions."""
-    shift = list(ft_seed_shift().values())
+    completions, with a percentile bootstrap 95% interval that resamples seeds and, within each, completions
+    (``shift``: ft_seed_shift's result; default: first_token_substitution/seeds.py's)."""
+    shift = list((ft_seed_shift() if shift is None else shift).values())
     ratio = lambda parts: (sum(a.sum() for a, _, _ in parts) / sum(len(a) for a, _, _ in parts)) / (
         sum(b.sum() for _, b, _ in parts) / sum(c.sum() for _, _, c in parts))
     g = np.random.default_rng(seed)
@@ -894,15 +896,22 @@ def t_ft_seeds() -> str:
                      "greedy / sampled [95% CI]"], rows)
 
 
+def shift_rows(shift: dict) -> list[list[str]]:
+    """Per training seed: completions, mean KL at position 0 and later, their ratio; then the pooled ratio with
+    its interval over seeds and completions."""
+    rows = [[str(seed), str(len(k0)), f(k0.mean()), f(lat.sum() / n.sum(), 3), f(k0.mean() / (lat.sum() / n.sum()), 1)]
+            for seed, (k0, lat, n) in shift.items()]
+    r, lo, hi = ft_seeds_kl_ratio(shift)
+    return rows + [["pooled", "", "", "", f"{f(r, 1)} [{f(lo, 1)}, {f(hi, 1)}]"]]
+
+
+SHIFT_HEADER = ["training seed", "completions (EOS-ended)", "mean KL at the first generated token",
+                "mean KL at later positions", "ratio [95% CI over seeds and completions]"]
+
+
 def t_ft_seeds_shift() -> str:
     """Per training seed: completions analysed, mean KL(steered || base) at position 0 and later, their ratio."""
-    rows = []
-    for seed, (k0, lat, n) in ft_seed_shift().items():
-        rows.append([str(seed), str(len(k0)), f(k0.mean()), f(lat.sum() / n.sum(), 3), f(k0.mean() / (lat.sum() / n.sum()), 1)])
-    r, lo, hi = ft_seeds_kl_ratio()
-    rows.append(["pooled", "", "", "", f"{f(r, 1)} [{f(lo, 1)}, {f(hi, 1)}]"])
-    return md_table(["training seed", "completions (EOS-ended)", "mean KL at the first generated token",
-                     "mean KL at later positions", "ratio [95% CI over seeds and completions]"], rows)
+    return md_table(SHIFT_HEADER, shift_rows(ft_seed_shift()))
 
 
 # --- penultimate_patching ----------------------------------------------------------------------------------
@@ -2214,6 +2223,31 @@ def t_ms_first_words() -> str:
     return md_table(["variant", "decoding", "completions", *[f'opens with "{w}"' for w in top]], rows)
 
 
+MSF = "multistep/results/first_token"
+
+
+def ms_shift_files() -> dict[int, list[dict]]:
+    """``{training seed: token_shift rows}`` of first_token_substitution/run.py on each multistep all-layer set."""
+    return {int(p.name.removeprefix("seed")): C(f"{MSF}/{p.name}/token_shift.csv")
+            for p in sorted((EX / MSF).glob("seed*")) if (p / "token_shift.csv").exists()}
+
+
+def t_ms_first_token() -> str:
+    """Claim 7 on the multistep all-layer sets: the KL concentration at the first generated token per training
+    seed, with the token each set boosts most there and the mean change of p("To") at position 0 and later."""
+    files = ms_shift_files()
+    rows = shift_rows(ft_seed_shift(files))
+    for row, rs in zip(rows, files.values()):
+        first = [r for r in rs if r["pos"] == "0"]
+        later = [r for r in rs if r["pos"] != "0"]
+        top, count = Counter(r["dst"] for r in first).most_common(1)[0]
+        row += [f'"{top.strip()}" ({count} of {len(first)})', sgn(np.mean([float(r["dp[To]"]) for r in first]), 3),
+                sgn(np.mean([float(r["dp[To]"]) for r in later]), 4)]
+    rows[-1] += ["", "", ""]
+    return md_table([*SHIFT_HEADER, "most boosted token at position 0", 'mean change of p("To") at position 0',
+                     "at later positions"], rows)
+
+
 def ms_to_openings() -> str:
     """Greedy held-out completions that open with "To", per variant (the papers' first-token substitution)."""
     share = {v: np.mean([r["first_word"] == "To" for r in C(f"{MSH}/{v}.csv") if r["mode"] == "greedy"])
@@ -2266,6 +2300,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "multistep.training": t_ms_training,
     "multistep.heldout": t_ms_heldout,
     "multistep.first_words": t_ms_first_words,
+    "multistep.first_token": t_ms_first_token,
     "bench.precision_peaks": t_precision_peaks,
     "bench.precision_phases": t_precision_phases,
     "bench.generation_runs": t_generation_runs,
@@ -2657,6 +2692,7 @@ V: dict[str, Callable[[], str]] = {
     "claims.ms_best": ms_best_sampled,
     "claims.ms_heldout_diff": ms_heldout_diff,
     "claims.ms_to_openings": ms_to_openings,
+    "claims.ms_kl_ratio": lambda: "{} [{}, {}]".format(*(f(x, 1) for x in ft_seeds_kl_ratio(ft_seed_shift(ms_shift_files())))),
 }
 VALUES = V
 

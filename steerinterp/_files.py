@@ -1,5 +1,6 @@
-"""User cache directory, atomic file writes (a reader sees the old file or the new one, never half of one) and
-CSV text that reads back as the rows it was written from."""
+"""User cache directory, atomic file writes (a reader sees the old file or the new one, never half of one; the
+result has the permissions a plain write would give it) and CSV text that reads back as the rows it was written
+from."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    """The process's file-mode creation mask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def cache_dir() -> Path:
@@ -32,6 +47,7 @@ def atomic_dir(final: Path):
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; the result gets a plain mkdir's mode
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
@@ -51,6 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; the result gets a plain open()'s mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

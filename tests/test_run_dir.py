@@ -255,3 +255,27 @@ def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         run.write_analysis({"b": {"note": "new", "tables": {"t": pd.DataFrame({"x": [2]})}, "figures": [Broken()]}})
     assert run.summary() == "old\n" and run.record().task == "arithmetic:add1"
     assert list(run.analysis_index()) == ["a"] and sorted(p.name for p in run.path.rglob("*")) == before
+
+
+def test_run_files_get_the_permissions_a_plain_write_gives(tmp_path):
+    """Atomic writes go through mkstemp / mkdtemp, which make owner-only files; the results must get the mode a plain
+    open() or mkdir() would give under the process's umask (a group-shared results folder stays readable)."""
+    import os
+
+    import pandas as pd
+
+    old = os.umask(0o027)
+    try:
+        run = RunDir(tmp_path / "R")
+        run.write_summary("x")
+        run.write_analysis({"a": {"note": "n", "tables": {"t": pd.DataFrame({"x": [1]})}, "figures": []}})
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        (tmp_path / "plain_dir").mkdir()
+        written = [p for p in run.path.rglob("*")]
+        assert written and any(p.is_dir() for p in written) and any(p.is_file() for p in written)
+        for p in written:
+            want = (tmp_path / "plain_dir") if p.is_dir() else plain
+            assert oct(p.stat().st_mode & 0o777) == oct(want.stat().st_mode & 0o777), p
+    finally:
+        os.umask(old)
