@@ -1171,6 +1171,49 @@ def layers_str(rows: list[dict]) -> str:
     return join_and([r["layer"] for r in rows]) if rows else ""
 
 
+LLS = "logit_lens/results/seeds"
+
+
+def ll_seed_rows(mode: str) -> dict[int, list[dict]]:
+    """``{training seed: language rows}`` of logit_lens/seeds.py for one lens."""
+    return seed_files(LLS, f"language_{mode}")
+
+
+def t_ll_seeds() -> str:
+    """Claim 11 over the sweep's equal-budget all-layer sets: per training seed and lens, the mean non-English
+    share of the layers' top-k suppressed and boosted lists against the vocabulary's rate, and the layers whose
+    list is enriched after Benjamini-Hochberg across layers (the file's q-values)."""
+    rows = []
+    for mode in ("raw", "norm"):
+        for seed, rs in ll_seed_rows(mode).items():
+            cells = []
+            for direction in ("suppressed", "boosted"):
+                mine = [r for r in rs if r["direction"] == direction]
+                sig = [r for r in mine if r["significant"] == "True"]
+                cells += [pct(np.mean([float(r["non_english_share"]) for r in mine])),
+                          layers_str(sig) or "none", q_str(min(float(r["q_value"]) for r in mine))]
+            rows.append([mode, str(seed), pct(float(rs[0]["base_rate"])), *cells])
+    k = ll_seed_rows("raw")[0][0]["k"]
+    return md_table(["lens", "training seed", "vocabulary non-English rate",
+                     f"suppressed top-{k}: mean non-English share", "layers enriched (BH q < 0.05)", "smallest q",
+                     f"boosted top-{k}: mean non-English share", "layers enriched (BH q < 0.05)", "smallest q"], rows)
+
+
+def ll_seeds_summary() -> str:
+    """Claim 11 over seeds in one line: enriched suppressed / boosted lists over all seeds and both lenses."""
+    found = {d: [] for d in ("suppressed", "boosted")}
+    n = 0
+    for mode in ("raw", "norm"):
+        for seed, rs in ll_seed_rows(mode).items():
+            n += 1
+            for r in rs:
+                if r["significant"] == "True":
+                    found[r["direction"]].append(f"layer {r['layer']} (seed {seed}, {mode} lens)")
+    say = lambda xs: join_and(xs) if xs else "none"
+    return (f"enriched suppressed lists: {say(found['suppressed'])}; enriched boosted lists: {say(found['boosted'])} "
+            f"({n // 2} training seeds x 2 lenses, Benjamini-Hochberg across layers)")
+
+
 def rlens(positions: str) -> list[dict]:
     return C(f"{LL}/residual_lens_{positions}.csv")
 
@@ -2282,6 +2325,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "penultimate_patching.patches": t_pp,
     "penultimate_patching.effect_lost": t_pp_lost,
     "penultimate_patching.seeds": t_pp_seeds,
+    "logit_lens.seeds": t_ll_seeds,
     "persistence.matrix": t_pers,
     "composition.pairs": t_comp,
     "composition.seeds_greedy": t_comp_seeds,
@@ -2313,6 +2357,7 @@ V: dict[str, Callable[[], str]] = {
     "pp.lost_skip_layer_first": lambda: pct(pp_lost("first")["skip_layer"], 0),
     "pp.lost_skip_layer_comp": lambda: pct(pp_lost("completion")["skip_layer"], 0),
     "pp.seeds_skip_layer": pp_seeds_skip_layer,
+    "ll.seeds_summary": ll_seeds_summary,
     "pp.lost_max_head": lambda: pct(max(_group(pp_lost("completion"), "skip_head") + _group(pp_lost("first"), "skip_head")), 1),
     # rl_arithmetic
     "rl.add1.n_train": lambda: str(task_sizes(ADD1)[0]),

@@ -436,3 +436,39 @@ def test_write_csv_keeps_a_carriage_return_inside_its_cell(tmp_path):
     by_token = pd.DataFrame({"n": [3, 4]}, index=pd.Index(["\r", "To"], name="token"))  # a "\r" in the index only
     write_csv(by_token, tmp_path / "i.csv", index=True)
     assert pd.read_csv(tmp_path / "i.csv", index_col="token").equals(by_token)
+
+
+def test_logit_lens_language_test_over_training_seeds(tmp_path):
+    """examples/logit_lens/seeds.py on the tiny model: one language table per finished all-layer run and lens, equal
+    to the library's language_shares of that run's vectors (recomputed here); no finished run is a one-line error
+    naming the script that trains them."""
+    import pandas as pd
+
+    import steerinterp as si
+    from steerinterp import analysis as A
+
+    model = si.load_model("tiny")
+    g = torch.Generator().manual_seed(0)
+    sets = {}
+    for seed in (0, 3):
+        sets[seed] = si.SteeringSet.from_tensors(
+            model, {k: torch.randn(model.cfg.d_model, generator=g) for k in range(model.cfg.n_layers)})
+        sets[seed].save(tmp_path / "runs" / f"all-seed{seed}" / "final", model=model)
+    (tmp_path / "runs" / "all-seed5" / "final").mkdir(parents=True)  # unfinished: left out
+    (tmp_path / "empty").mkdir()
+    run = lambda *argv: subprocess.run([sys.executable, "examples/logit_lens/seeds.py", "--model", "tiny", "--threads",
+                                        "1", *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run("--out", str(tmp_path / "ll"), "--runs", str(tmp_path / "runs"), "--k", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "ll" / "seeds").glob("*.csv"))
+    assert written == [f"language_{m}-seed{s}.csv" for m in ("norm", "raw") for s in (0, 3)]
+    for seed, vecs in sets.items():
+        for mode in ("raw", "norm"):
+            got = pd.read_csv(tmp_path / "ll" / "seeds" / f"language_{mode}-seed{seed}.csv")
+            want = A.language_shares(A.vector_logit_lens(model, vecs, mode=mode, k=5)).to_frame().drop(columns="scripts")
+            assert set(got.train_seed) == {seed} and len(got) == 2 * model.cfg.n_layers
+            pd.testing.assert_frame_equal(got.drop(columns="train_seed"), want.reset_index(drop=True),
+                                          check_dtype=False)
+    proc = run("--out", str(tmp_path / "ll2"), "--runs", str(tmp_path / "empty"))
+    assert proc.returncode == 2 and "single_layer_sweep/train.py" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
