@@ -1754,12 +1754,12 @@ def t_ad_segments() -> str:
 SA = "diffsae/results"
 
 
-def sae_summary() -> dict:
-    return J(f"{SA}/add1-summary.json")
+def sae_summary(folder: str = SA) -> dict:
+    return J(f"{folder}/add1-summary.json")
 
 
-def sae_gens() -> list[dict]:
-    return C(f"{SA}/add1-generations.csv")
+def sae_gens(folder: str = SA) -> list[dict]:
+    return C(f"{folder}/add1-generations.csv")
 
 
 def sae_quality(split: str = "heldout") -> list[dict]:
@@ -1782,17 +1782,17 @@ def t_sae_quality() -> str:
                      "dead latents (train)", "training tokens/s"], rows)
 
 
-def sae_top(layer: int) -> dict:
-    return next(r for r in C(f"{SA}/add1-frequency-by-layer.csv") if r["layer"] == str(layer) and r["rank"] == "0")
+def sae_top(layer: int, folder: str = SA) -> dict:
+    return next(r for r in C(f"{folder}/add1-frequency-by-layer.csv") if r["layer"] == str(layer) and r["rank"] == "0")
 
 
-def sae_within_q(layer: int, feature: str) -> float:
-    rows = C(f"{SA}/add1-layer{layer}-frequencies-within-problems.csv")
+def sae_within_q(layer: int, feature: str, folder: str = SA) -> float:
+    rows = C(f"{folder}/add1-layer{layer}-frequencies-within-problems.csv")
     return next(float(r["q_value"]) for r in rows if r["feature"] == feature)
 
 
-def sae_layers() -> list[int]:
-    return sae_summary()["layers"]
+def sae_layers(folder: str = SA) -> list[int]:
+    return sae_summary(folder)["layers"]
 
 
 def t_sae_freq() -> str:
@@ -1808,8 +1808,8 @@ def t_sae_freq() -> str:
                      "q (Fisher, BH)", "q within problems (CMH, BH)", "features q < 0.05: Fisher / within problems"], rows)
 
 
-def sae_counts() -> tuple[int, int]:
-    c = Counter(r["correct"] == "True" for r in sae_gens())
+def sae_counts(folder: str = SA) -> tuple[int, int]:
+    c = Counter(r["correct"] == "True" for r in sae_gens(folder))
     return c[True], c[False]
 
 
@@ -1818,15 +1818,15 @@ def sae_errors(n: int = 5) -> str:
     return ", ".join(f"{p}: {k} wrong" if i == 0 else f"{p}: {k}" for i, (p, k) in enumerate(c.most_common(n)))
 
 
-def sae_sig_range(key: str) -> str:
-    v = sae_summary()[key].values()
+def sae_sig_range(key: str, folder: str = SA) -> str:
+    v = sae_summary(folder)[key].values()
     return rng(min(v), max(v), fmt=str)
 
 
-def sae_survivors() -> tuple[list[int], list[int], list[float]]:
+def sae_survivors(folder: str = SA) -> tuple[list[int], list[int], list[float]]:
     keep, drop, qs = [], [], []
-    for layer in sae_layers():
-        q = sae_within_q(layer, sae_top(layer)["feature"])
+    for layer in sae_layers(folder):
+        q = sae_within_q(layer, sae_top(layer, folder)["feature"], folder)
         (keep if q < 0.05 else drop).append(layer)
         if q < 0.05:
             qs.append(q)
@@ -2140,10 +2140,35 @@ def ft_kl_ratio() -> str:
     return f"{f(float(s['pos 0']['kl_mean']) / float(s['pos > 0']['kl_mean']), 1)}x [{f(lo, 1)}, {f(hi, 1)}]"
 
 
-def sae_top_incorrect() -> str:
+def sae_top_incorrect(folder: str = SA) -> str:
     """Layers whose top feature (largest frequency difference) fires more often in incorrect generations."""
-    rows = [sae_top(layer) for layer in sae_layers()]
+    rows = [sae_top(layer, folder) for layer in sae_layers(folder)]
     return f"{sum(float(r['freq_incorrect']) > float(r['freq_correct']) for r in rows)} of {len(rows)}"
+
+
+SAS = "diffsae/results/seeds"
+
+
+def sae_seed_folders() -> dict[int, str]:
+    """``{training seed: folder}`` of every finished diffsae/run.py over the sweep's all-layer sets."""
+    return {int(p.name.removeprefix("seed")): f"{SAS}/{p.name}" for p in sorted((EX / SAS).glob("seed*"))
+            if (p / "add1-summary.json").exists()}
+
+
+def t_sae_seeds() -> str:
+    """Claim 12 over independently trained all-layer sets: per training seed, the labelled generations, how many
+    features per layer differ in firing rate (Fisher, then within problems), on which side the top feature
+    leans, and at which layers it survives the within-problem test."""
+    rows = []
+    for seed, folder in sae_seed_folders().items():
+        n_c, n_i = sae_counts(folder)
+        keep, _, _ = sae_survivors(folder)
+        rows.append([str(seed), f"{n_c} / {n_i}", sae_sig_range("significant_features", folder),
+                     sae_sig_range("significant_within_problems", folder), sae_top_incorrect(folder),
+                     join_and([str(x) for x in keep]) if keep else "none"])
+    return md_table(["training seed", "generations correct / incorrect", "features q < 0.05 per layer (Fisher, BH)",
+                     "within problems (CMH, BH)", "layers whose top feature fires more in incorrect ones",
+                     "layers whose top feature survives within problems"], rows)
 
 
 def ms_runs() -> list[tuple[int, dict, list[dict]]]:
