@@ -25,6 +25,16 @@ def _umask() -> int:
     return mask
 
 
+def give_plain_modes(path: Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the mode a plain ``open()`` / ``mkdir()`` gives
+    under the umask: ``mkstemp`` / ``mkdtemp`` and safetensors' writer make owner-only entries."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def cache_dir() -> Path:
     """Where steerinterp keeps what is slow to rebuild.
 
@@ -47,8 +57,8 @@ def atomic_dir(final: Path):
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; the result gets a plain mkdir's mode
         yield tmp
+        give_plain_modes(tmp)  # owner-only from mkdtemp (and from safetensors' writer inside it)
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
             os.replace(final, old)

@@ -258,17 +258,29 @@ def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_run_files_get_the_permissions_a_plain_write_gives(tmp_path):
-    """Atomic writes go through mkstemp / mkdtemp, which make owner-only files; the results must get the mode a plain
-    open() or mkdir() would give under the process's umask (a group-shared results folder stays readable)."""
+    """Atomic writes go through mkstemp / mkdtemp, and safetensors writes, owner-only files; run files, checkpoints,
+    SAEs and difference stores must get the mode a plain open() or mkdir() would give under the process's umask (a
+    group-shared results folder stays readable)."""
     import os
 
     import pandas as pd
+
+    from steerinterp import sae as S
+    from steerinterp.rl.checkpoint import save_checkpoint
+    from steerinterp.sae.collect import DiffActivations
 
     old = os.umask(0o027)
     try:
         run = RunDir(tmp_path / "R")
         run.write_summary("x")
         run.write_analysis({"a": {"note": "n", "tables": {"t": pd.DataFrame({"x": [1]})}, "figures": []}})
+        save_checkpoint(run.checkpoint_dir, {"step": 1, "vector": torch.ones(3)})
+        n = 64  # a DiffSAE and a difference store: safetensors' own writer makes owner-only files
+        diffs = DiffActivations("blocks.0.hook_resid_post", torch.randn(n, 8, generator=torch.Generator().manual_seed(0)),
+                                torch.arange(n) % 8, torch.arange(n), torch.zeros(n, dtype=torch.long),
+                                torch.ones(n, dtype=torch.bool), torch.arange(8) % 2 == 0, problem=torch.arange(8))
+        S.write_difference_store(run.path / "diffs", [{diffs.hook_name: diffs}], labels=diffs.labels.tolist())
+        S.train_diff_sae(diffs, d_sae=8, k=2, batch_size=16, passes=1).save(run.path / "sae")
         plain = tmp_path / "plain.txt"
         plain.write_text("x")
         (tmp_path / "plain_dir").mkdir()

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steerinterp._files import atomic_write_text
+from steerinterp._files import atomic_write_text, give_plain_modes
 from steerinterp.errors import SteerInterpError
 
 FORMAT = "steerinterp.checkpoint/2"
@@ -133,6 +133,7 @@ def save_checkpoint(directory, state: dict) -> Path:
                 os.fsync(f.fileno())
         manifest = {"format": FORMAT, "step": state.get("step"), "sha256": _sha256(data, blob)}
         (tmp / MANIFEST).write_text(json.dumps(manifest))
+        give_plain_modes(tmp)  # mkdtemp's folder is owner-only
         target = directory / name
         if target.exists():  # the same step written before (a run resumed from an earlier checkpoint)
             shutil.rmtree(target)

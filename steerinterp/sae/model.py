@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from steerinterp._files import give_plain_modes
 from steerinterp.analysis.result import AnalysisResult
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations
@@ -128,6 +129,7 @@ class DiffSAE(AnalysisResult):
                 "heldout_quality": None if self.heldout_quality is None else dataclasses.asdict(self.heldout_quality),
                 "data": self.data}
         (directory / STEERINTERP_META).write_text(json.dumps(meta, indent=1))
+        give_plain_modes(directory / "sae_weights.safetensors")  # safetensors writes it owner-only
         return directory
 
 

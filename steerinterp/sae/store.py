@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 
+from steerinterp._files import give_plain_modes
 from steerinterp.errors import SteerInterpError
 from steerinterp.sae.collect import DiffActivations, concat_differences, heldout_samples
 
@@ -59,6 +60,7 @@ def write_difference_store(directory, chunks: Iterable[dict[str, DiffActivations
             path = folder / f"shard_{i:05d}.safetensors"
             tmp = path.with_suffix(".tmp")
             save_file({f: getattr(d, f).contiguous() for f in FIELDS}, str(tmp))
+            give_plain_modes(tmp)  # safetensors writes it owner-only
             os.replace(tmp, path)
             shards.setdefault(name, []).append(len(d))
             d_in[name] = d.d_in
