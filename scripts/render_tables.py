@@ -1762,8 +1762,8 @@ def sae_gens(folder: str = SA) -> list[dict]:
     return C(f"{folder}/add1-generations.csv")
 
 
-def sae_quality(split: str = "heldout") -> list[dict]:
-    return [r for r in C(f"{SA}/add1-sae-quality.csv") if r["split"] == split]
+def sae_quality(split: str = "heldout", folder: str = SA) -> list[dict]:
+    return [r for r in C(f"{folder}/add1-sae-quality.csv") if r["split"] == split]
 
 
 def sae_rows(split: str) -> int:
@@ -1875,14 +1875,16 @@ def sae_steer(variant: str) -> dict:
     return next(r for r in C(f"{SA}/add1-layer29-feature-steering.csv") if r["variant"] == variant)
 
 
-SAB = f"{SA}/add1-layer29-ablation"
+def sae_ablation(folder: str = SA) -> str:
+    """The prefix of ablate.py's files in a results folder."""
+    return f"{folder}/add1-layer29-ablation"
 
 
 @cache
-def sae_ablation_outcomes() -> dict[tuple[str, str, str], dict[str, float]]:
+def sae_ablation_outcomes(folder: str = SA) -> dict[tuple[str, str, str], dict[str, float]]:
     """(kind, variant, mode) -> problem -> mean correctness over that mode's completions (greedy: 1; sampled: 2)."""
     acc = defaultdict(lambda: defaultdict(list))
-    for r in C(f"{SAB}.csv"):
+    for r in C(f"{sae_ablation(folder)}.csv"):
         acc[(r["kind"], r["variant"], r["mode"])][r["problem"]].append(r["correct"] == "True")
     return {key: {p: float(np.mean(v)) for p, v in by.items()} for key, by in acc.items()}
 
@@ -1894,25 +1896,32 @@ def sae_abl_cell(kind: str, variant: str, mode: str) -> str:
     return f"{pct(x.mean())} [{pct_n(lo)}, {pct_n(hi)}]"
 
 
-def sae_abl_delta(kind: str, variant: str, mode: str = "greedy") -> str:
+def sae_abl_delta(kind: str, variant: str, mode: str = "greedy", folder: str = SA) -> str:
     """Change against the steered run, in points, paired by problem, with its bootstrap interval."""
-    out = sae_ablation_outcomes()
+    out = sae_ablation_outcomes(folder)
     a, b = out[(kind, variant, mode)], out[(kind, "steered", mode)]
     d = np.array([a[p] - b[p] for p in sorted(a)])
     lo, hi = boot_ci(d)
     return f"{sgn(100 * d.mean(), 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
 
 
-def sae_abl_info() -> dict:
-    info = J(f"{SAB}.json")
-    d_sae = round(float(sae_quality()[-1]["d_sae"]))
+def sae_abl_info(folder: str = SA) -> dict:
+    info = J(f"{sae_ablation(folder)}.json")
+    d_sae = round(float(sae_quality(folder=folder)[-1]["d_sae"]))
     if any(f >= d_sae for fs in info["features"].values() for f in fs):
-        raise ValueError(f"{SAB}.json names features beyond the layer-29 SAE's {d_sae}: rerun examples/diffsae/ablate.py")
+        raise ValueError(f"{sae_ablation(folder)}.json names features beyond the layer-29 SAE's {d_sae}: "
+                         "rerun examples/diffsae/ablate.py")
     return info
 
 
+def sae_abl_lost(folder: str = SA, *, random: bool = False) -> float:
+    """The largest KL share of the effect lost by removing the top-k features (of either side, or random live)."""
+    return max(float(r["effect_lost"]) for r in C(f"{sae_ablation(folder)}-kl.csv")
+               if r["variant"].startswith("top-") and (r["kind"] == "random live") == random)
+
+
 def t_sae_ablation() -> str:
-    info, kl = sae_abl_info(), C(f"{SAB}-kl.csv")
+    info, kl = sae_abl_info(), C(f"{sae_ablation()}-kl.csv")
     first = next(iter(info["features"]))
     rows = [["base (no steering)", "", sae_abl_cell(first, "base", "greedy"), "", sae_abl_cell(first, "base", "sampled"), "1"],
             ["steered", "", sae_abl_cell(first, "steered", "greedy"), "", sae_abl_cell(first, "steered", "sampled"), "0"]]
@@ -2155,20 +2164,87 @@ def sae_seed_folders() -> dict[int, str]:
             if (p / "add1-summary.json").exists()}
 
 
+def sae_seed_top_k(folder: str, kind: str) -> int:
+    """The largest k of ablate.py's ``--ks`` with k features of ``kind`` to remove."""
+    info = sae_abl_info(folder)
+    return max(k for k in info["ks"] if k <= len(info["features"][kind]))
+
+
+BARE_FORM = re.compile(r"\d+ \+ \d+ = \d+\.?")
+
+
+def sae_bare_form(folder: str) -> tuple[float, float]:
+    """Shares of correct and of incorrect generations that are the bare answer form "a + b = c" (nothing else)."""
+    by = defaultdict(list)
+    for r in sae_gens(folder):
+        by[r["correct"] == "True"].append(bool(BARE_FORM.fullmatch(r["completion"].strip())))
+    return float(np.mean(by[True])), float(np.mean(by[False]))
+
+
+def sae_seed_ablated() -> list[str]:
+    """The seed folders whose ablate.py has finished."""
+    return [fo for fo in sae_seed_folders().values() if (EX / f"{sae_ablation(fo)}.json").exists()]
+
+
+def sae_seed_ablation_change(kind: str) -> tuple[float, float, float, int]:
+    """Greedy held-out change from removing the top-k ``kind`` features (the largest k every seed has), pooled
+    over the training seeds with an ablation and the problems, paired with the steered run: (mean, low, high, k)."""
+    folders = sae_seed_ablated()
+    k = min(sae_seed_top_k(fo, kind) for fo in folders)
+    outs = [sae_ablation_outcomes(fo) for fo in folders]
+    order = sorted(outs[0][(kind, "steered", "greedy")])
+    ablated = np.stack([[o[(kind, f"top-{k}", "greedy")][p] for p in order] for o in outs])
+    steered = np.stack([[o[(kind, "steered", "greedy")][p] for p in order] for o in outs])
+    return (*boot_stat_seeds([ablated, steered], lambda a, b: a - b), k)
+
+
 def t_sae_seeds() -> str:
     """Claim 12 over independently trained all-layer sets: per training seed, the labelled generations, how many
     features per layer differ in firing rate (Fisher, then within problems), on which side the top feature
-    leans, and at which layers it survives the within-problem test."""
+    leans, at which layers it survives the within-problem test, and what removing the layer-29 top features
+    from the steered run costs (KL share of the effect; greedy held-out change, paired by problem)."""
     rows = []
     for seed, folder in sae_seed_folders().items():
         n_c, n_i = sae_counts(folder)
         keep, _, _ = sae_survivors(folder)
-        rows.append([str(seed), f"{n_c} / {n_i}", sae_sig_range("significant_features", folder),
+        ablation = ["not run yet"] * 3
+        if folder in sae_seed_ablated():
+            k = sae_seed_top_k(folder, "incorrect")
+            ablation = [f(sae_abl_lost(folder), 3), f(sae_abl_lost(folder, random=True), 3),
+                        f"top {k}: {sae_abl_delta('incorrect', f'top-{k}', folder=folder)}"]
+        bare = sae_bare_form(folder)
+        rows.append([str(seed), f"{n_c} / {n_i}", f"{pct(bare[0], 0)} / {pct(bare[1], 0)}",
+                     sae_sig_range("significant_features", folder),
                      sae_sig_range("significant_within_problems", folder), sae_top_incorrect(folder),
-                     join_and([str(x) for x in keep]) if keep else "none"])
-    return md_table(["training seed", "generations correct / incorrect", "features q < 0.05 per layer (Fisher, BH)",
+                     join_and([str(x) for x in keep]) if keep else "none", *ablation])
+    d, lo, hi, k = sae_seed_ablation_change("incorrect")
+    rows.append([f"{len(sae_seed_ablated())} seeds pooled", "", "", "", "", "", "", "", "",
+                 f"top {k}: {sgn(100 * d, 1)} [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"])
+    n = len(sae_ablation_outcomes(sae_seed_ablated()[0])[("incorrect", "steered", "greedy")])
+    return md_table(["training seed", "generations correct / incorrect",
+                     'bare "a + b = c" completions among correct / incorrect', "features q < 0.05 per layer (Fisher, BH)",
                      "within problems (CMH, BH)", "layers whose top feature fires more in incorrect ones",
-                     "layers whose top feature survives within problems"], rows)
+                     "layers whose top feature survives within problems",
+                     "KL share of the effect lost, top 1-10 layer-29 features of either side removed (largest)",
+                     "the same, random live features",
+                     f"greedy change, incorrect-side features removed, points (n = {n}) [95% CI]"], rows)
+
+
+def sae_seeds_summary() -> str:
+    """Claim 12 over the training seeds, for docs/claims.md."""
+    folders = sae_seed_folders()
+    survive = sum(len(sae_survivors(fo)[0]) for fo in folders.values())
+    layers = sum(len(sae_layers(fo)) for fo in folders.values())
+    incorrect = sum(int(sae_top_incorrect(fo).split()[0]) for fo in folders.values())
+    lost = max(sae_abl_lost(fo) for fo in sae_seed_ablated())
+    rand = max(sae_abl_lost(fo, random=True) for fo in sae_seed_ablated())
+    d, lo, hi, k = sae_seed_ablation_change("incorrect")
+    change = f"{sgn(100 * d, 1)} points [{sgn(100 * lo, 1)}, {sgn(100 * hi, 1)}]"
+    return (f"the top feature survives the within-problem test at {survive} of the {layers} seed-layers (it fires more "
+            f"often in incorrect generations at {incorrect} of them, in correct ones at the rest); removing up to 10 top "
+            f"layer-29 features loses at most {f(lost, 3)} of the effect (as many random live features: up to "
+            f"{f(rand, 3)}), and removing the top {k} incorrect-side features changes greedy held-out accuracy by "
+            f"{change} ({len(sae_seed_ablated())} seeds pooled)")
 
 
 def ms_runs() -> list[tuple[int, dict, list[dict]]]:
@@ -2364,6 +2440,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "diffsae.frequencies": t_sae_freq,
     "diffsae.feature_steering": t_sae_steer,
     "diffsae.ablation": t_sae_ablation,
+    "diffsae.seeds": t_sae_seeds,
     "last_layer_token_vector.scales": t_token_vector,
     "multistep.base_rates": t_multistep_base,
     "multistep.training": t_ms_training,
@@ -2691,10 +2768,15 @@ V: dict[str, Callable[[], str]] = {
     "sae.pos_gain": lambda: _round(100 * (float(sae_steer(f"vectors + feature {sae_feature('pos')}")["sampled_acc"])
                                           - float(sae_steer("vectors")["sampled_acc"])), 1),
     "sae.pos_samples": sae_pos_samples,
-    "sae.abl_max_lost": lambda: f(max(float(r["effect_lost"]) for r in C(f"{SAB}-kl.csv")
-                                      if r["variant"].startswith("top-") and r["kind"] != "random live"), 3),
-    "sae.abl_random_lost": lambda: f(max(float(r["effect_lost"]) for r in C(f"{SAB}-kl.csv")
-                                         if r["variant"].startswith("top-") and r["kind"] == "random live"), 3),
+    "sae.seeds_summary": sae_seeds_summary,
+    "sae.bare_form": lambda: " / ".join(pct(x, 0) for x in sae_bare_form(SA)),
+    "sae.seeds_rows": lambda: span((float(r["distinct_rows"]) for fo in sae_seed_folders().values()
+                                    for r in sae_quality(folder=fo)), thousands),
+    "sae.seeds_d_sae": lambda: span((float(r["d_sae"]) for fo in sae_seed_folders().values()
+                                     for r in sae_quality(folder=fo)), thousands),
+    "sae.seeds_acc": lambda: pct_range(sae_summary(fo)["accuracy"] for fo in sae_seed_folders().values()),
+    "sae.abl_max_lost": lambda: f(sae_abl_lost(), 3),
+    "sae.abl_random_lost": lambda: f(sae_abl_lost(random=True), 3),
     "sae.tokens_s": lambda: rng(min(float(r["tokens_per_s"]) for r in sae_quality()),
                                 max(float(r["tokens_per_s"]) for r in sae_quality()), thousands),
     # last_layer_token_vector

@@ -28,6 +28,7 @@ SCORED = {
     "rl_arithmetic/results/add1-answer-formats.csv": "arithmetic:add1",
     "rl_arithmetic/results/add1-bfloat16-heldout.csv": "arithmetic:add1",
     "diffsae/results/add1-generations.csv": "arithmetic:add1",
+    **{f"diffsae/results/seeds/seed{s}/add1-generations.csv": "arithmetic:add1" for s in range(3)},
     **{f"penultimate_patching/results/seeds/patched_accuracy-seed{s}.csv": "arithmetic:add1" for s in range(3)},
     "multistep/results/heldout/base.csv": "multistep:word_addsub",
     "multistep/results/heldout/all-seed0.csv": "multistep:word_addsub",
