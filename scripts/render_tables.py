@@ -2149,10 +2149,15 @@ def ft_kl_ratio() -> str:
     return f"{f(float(s['pos 0']['kl_mean']) / float(s['pos > 0']['kl_mean']), 1)}x [{f(lo, 1)}, {f(hi, 1)}]"
 
 
-def sae_top_incorrect(folder: str = SA) -> str:
-    """Layers whose top feature (largest frequency difference) fires more often in incorrect generations."""
+def sae_top_incorrect_count(folder: str = SA) -> tuple[int, int]:
+    """(layers whose top feature, the largest frequency difference, fires more often in incorrect generations, layers)."""
     rows = [sae_top(layer, folder) for layer in sae_layers(folder)]
-    return f"{sum(float(r['freq_incorrect']) > float(r['freq_correct']) for r in rows)} of {len(rows)}"
+    return sum(float(r["freq_incorrect"]) > float(r["freq_correct"]) for r in rows), len(rows)
+
+
+def sae_top_incorrect(folder: str = SA) -> str:
+    """``sae_top_incorrect_count`` as "3 of 6"."""
+    return "{} of {}".format(*sae_top_incorrect_count(folder))
 
 
 SAS = "diffsae/results/seeds"
@@ -2235,7 +2240,7 @@ def sae_seeds_summary() -> str:
     folders = sae_seed_folders()
     survive = sum(len(sae_survivors(fo)[0]) for fo in folders.values())
     layers = sum(len(sae_layers(fo)) for fo in folders.values())
-    incorrect = sum(int(sae_top_incorrect(fo).split()[0]) for fo in folders.values())
+    incorrect = sum(sae_top_incorrect_count(fo)[0] for fo in folders.values())
     lost = max(sae_abl_lost(fo) for fo in sae_seed_ablated())
     rand = max(sae_abl_lost(fo, random=True) for fo in sae_seed_ablated())
     d, lo, hi, k = sae_seed_ablation_change("incorrect")
